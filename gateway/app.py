@@ -1,0 +1,121 @@
+"""The aiohttp application: routes, the error middleware, and what opens and closes with it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.config import Config
+from gateway.credentials import CredentialSource, botocore_resolver
+from gateway.errors import (
+    GatewayError,
+    InternalFailure,
+    MethodNotAllowed,
+    UnknownOperation,
+    error_response,
+    new_request_id,
+)
+from gateway.metrics import Metrics
+from gateway.operations import load_operations
+from gateway.proxy import Proxy
+from gateway.upstream import make_client_session
+
+PROXY = web.AppKey("proxy", Proxy)
+CREDENTIALS = web.AppKey("credentials", CredentialSource)
+METRICS = web.AppKey("metrics", Metrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(
+    config: Config,
+    *,
+    registry: CollectorRegistry,
+    credentials: CredentialSource | None = None,
+    logger: structlog.typing.FilteringBoundLogger | None = None,
+) -> web.Application:
+    """The gateway for ``config``, its metrics on ``registry``.
+
+    ``credentials`` defaults to botocore's chain, refreshed in the background while the app runs.
+    """
+    logger = logger or structlog.get_logger("gateway")
+    credentials = credentials or CredentialSource(
+        botocore_resolver(), check_interval_s=config.credential_check_interval_s
+    )
+    metrics = Metrics(registry)
+    proxy = Proxy(config, load_operations(), credentials, metrics, logger)
+
+    app = web.Application(middlewares=[error_middleware(logger)])
+    app[PROXY] = proxy
+    app[CREDENTIALS] = credentials
+    app[METRICS] = metrics
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_route("*", "/endpoints/{tail:.*}", proxy.handle)
+    app.cleanup_ctx.append(_credentials_ctx)
+    app.cleanup_ctx.append(_client_session_ctx)
+    return app
+
+
+def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> web.Middleware:
+    """Shape every error the app produces outside the proxy like the service's own."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            error: GatewayError = MethodNotAllowed(
+                f"{request.path} takes {', '.join(sorted(exc.allowed_methods))}, "
+                f"not {request.method}",
+                allowed=", ".join(sorted(exc.allowed_methods)),
+            )
+        except web.HTTPNotFound:
+            error = UnknownOperation(f"No operation matches {request.method} {request.path[:200]}")
+        except GatewayError as exc:
+            error = exc
+        except web.HTTPException:
+            raise
+        except Exception:
+            logger.exception("unhandled_error", path=request.path[:200])
+            error = InternalFailure("The gateway failed to handle the request")
+        return error_response(error, new_request_id())
+
+    return middleware
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving HTTP: always 200 once the listener is open."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when a request could be signed and forwarded now, else 503 with the reason."""
+    if request.app[CREDENTIALS].current() is None:
+        return web.json_response({"status": "unavailable", "reason": "no credentials"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """The Prometheus exposition of this app's registry."""
+    body = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def _credentials_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[CREDENTIALS].start()
+    yield
+    await app[CREDENTIALS].stop()
+
+
+async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY]
+    proxy.session = make_client_session(proxy.config)
+    yield
+    await proxy.session.close()

@@ -1,0 +1,220 @@
+"""One frozen Config, from flag > environment (``SMGW_*``) > TOML file > default.
+
+Every option has one row in ``OPTIONS``: its name (the flag without dashes, the env var after
+``SMGW_``, the TOML key), how to parse and check it, its default and one line of help. The CLI,
+the env reader, the file reader and ``config/gateway.toml`` all follow that one table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "SMGW_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message is the one line the CLI prints before exiting 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the gateway's behaviour depends on, resolved once at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    region: str = ""
+    upstream_url: str = ""
+    upstream_timeout_s: float = 70.0
+    connect_timeout_s: float = 5.0
+    max_body_bytes: int = 5_242_880
+    log_level: str = "info"
+    upstream_pool_size: int = 1024
+    credential_check_interval_s: float = 60.0
+
+    @property
+    def upstream_host(self) -> str:
+        """The Host header SigV4 signs: the upstream's host, with its port when not default."""
+        parts = urlsplit(self.upstream_url)
+        default_port = 443 if parts.scheme == "https" else 80
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal goes back in brackets
+            host = f"[{host}]"
+        if parts.port is not None and parts.port != default_port:
+            return f"{host}:{parts.port}"
+        return host
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _host(text: str) -> str:
+    if not text or any(ch.isspace() for ch in text):
+        raise ValueError("must be a host name or an IP address")
+    return text
+
+
+def _region(text: str) -> str:
+    if not _REGION.fullmatch(text):
+        raise ValueError("must be an AWS region name such as us-east-1")
+    return text
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("must be a bare scheme://host[:port], without path, query or user")
+    parts.port  # noqa: B018 - raises ValueError for a port out of range
+    return text.rstrip("/")
+
+
+def _log_level(text: str) -> str:
+    level = text.lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable option: where it lives in Config, how to parse it, what it means."""
+
+    name: str  # flag/env/TOML name: --upstream-timeout, SMGW_UPSTREAM_TIMEOUT, upstream_timeout
+    attr: str  # Config field
+    parse: Callable[[str], Any]
+    help: str
+    #: Other environment variables that set this option, read after SMGW_<NAME>, before the file.
+    fallback_env: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS = (
+    Option("host", "host", _host, "address to listen on; loopback unless you mean to expose it"),
+    Option("port", "port", _port, "port to listen on (0 picks a free one)"),
+    Option(
+        "region",
+        "region",
+        _region,
+        "AWS region; else AWS_REGION / AWS_DEFAULT_REGION",
+        fallback_env=("AWS_REGION", "AWS_DEFAULT_REGION"),
+    ),
+    Option("upstream_url", "upstream_url", _url, "runtime URL; default is the region's"),
+    Option(
+        "upstream_timeout",
+        "upstream_timeout_s",
+        _positive_float,
+        "seconds for the whole upstream exchange: the model's 60 s plus margin; then 504",
+    ),
+    Option(
+        "connect_timeout",
+        "connect_timeout_s",
+        _positive_float,
+        "seconds to open a connection to the upstream; then 503",
+    ),
+    Option("max_body_bytes", "max_body_bytes", _positive_int, "largest request body accepted"),
+    Option("log_level", "log_level", _log_level, "debug, info, warning or error"),
+    Option(
+        "upstream_pool_size",
+        "upstream_pool_size",
+        _positive_int,
+        "most simultaneous upstream connections (kept alive and reused)",
+    ),
+    Option(
+        "credential_check_interval",
+        "credential_check_interval_s",
+        _positive_float,
+        "seconds between background looks at the credentials (botocore refreshes them early)",
+    ),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def load_config(
+    flags: Mapping[str, str | None],
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Config:
+    """Resolve every option by precedence flag > env > file > default, then check it.
+
+    ``flags`` maps option names to the raw text given on the command line (None or absent when
+    not given). Raises ConfigError with one line naming the option, its source and the rule.
+    """
+    env = os.environ if env is None else env
+    path = config_path or env.get(ENV_PREFIX + "CONFIG")
+    file_values = _read_file(path) if path else {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        sources = [
+            (option.flag, flags.get(option.name)),
+            (option.env, env.get(option.env)),
+            *((name, env.get(name) or None) for name in option.fallback_env),
+            (f"{path}: {option.name}", file_values.get(option.name)),
+        ]
+        for source, raw in sources:
+            if raw is None:
+                continue
+            try:
+                values[option.attr] = option.parse(str(raw))
+            except ValueError as exc:
+                reason = str(exc) if "must" in str(exc) else "is not a valid value"
+                raise ConfigError(f"{source}={raw!r}: {option.name} {reason}") from None
+            break
+    if not values.get("region"):
+        raise ConfigError("region: none given; pass --region or set AWS_REGION")
+    values.setdefault("upstream_url", f"https://runtime.sagemaker.{values['region']}.amazonaws.com")
+    return Config(**values)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigError(f"--config {path}: cannot be read as TOML: {exc}") from None
+    gateway = data.get("gateway", data)
+    unknown = sorted(set(gateway) - set(OPTIONS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"{path}: unknown option {unknown[0]!r}")
+    return dict(gateway)
+
+
+def config_fields() -> tuple[str, ...]:
+    """The names of Config's fields (for tests that check every option is documented)."""
+    return tuple(f.name for f in fields(Config))

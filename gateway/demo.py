@@ -1,0 +1,181 @@
+"""``sagemaker-gateway demo``: the emulator and the gateway in one process, a few calls, a table.
+
+No AWS account is involved: the emulator plays SageMaker and checks every signature the
+gateway makes with a pair of demo keys; the calls are made by botocore, unsigned, exactly as a
+service team's code would make them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+import botocore.session
+from aiohttp import web
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+from prometheus_client import CollectorRegistry
+
+from gateway.app import make_app
+from gateway.config import Config
+from gateway.credentials import CredentialSource
+from gateway.emulator import EmulatorSettings, make_emulator_app
+from gateway.log import configure_logging
+from gateway.signing import SigningCredentials
+
+DEMO_ACCESS_KEY = "AKIDDEMO"
+DEMO_SECRET_KEY = "demo-secret-key"
+DEMO_REGION = "us-east-1"
+
+#: (what it shows, endpoint, invoke_endpoint parameters)
+CALLS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("a JSON echo", "echo", {"ContentType": "application/json"}),
+    ("two variants share traffic", "variants", {}),
+    ("... and alternate", "variants", {}),
+    ("the caller picks a variant", "variants", {"TargetVariant": "VariantB"}),
+    ("a slow model (300 ms)", "slow-300", {}),
+    ("the model fails", "model-error", {}),
+    ("the model times out", "model-timeout", {}),
+    ("SageMaker throttles", "throttle", {}),
+    ("refused: bad endpoint name", "bad_name", {}),
+    ("refused: TargetVariant too long", "echo", {"TargetVariant": "v" * 64}),
+)
+
+
+@dataclass
+class Row:
+    what: str
+    endpoint: str
+    variant: str
+    status: int
+    error: str
+    latency_ms: float
+
+
+def run_demo() -> int:
+    """Run the demo; the exit status is 0 when every call got the answer it should."""
+    configure_logging("warning")  # the table is the output; access lines would drown it
+    return asyncio.run(_demo())
+
+
+async def _demo() -> int:
+    emulator_port, gateway_port = _free_port(), _free_port()
+    emulator = make_emulator_app(
+        EmulatorSettings(
+            credentials={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
+            region=DEMO_REGION,
+            model_timeout_s=0.5,  # the real limit is 60 s; the demo does not wait a minute
+        )
+    )
+    config = Config(
+        port=gateway_port,
+        region=DEMO_REGION,
+        upstream_url=f"http://127.0.0.1:{emulator_port}",
+        upstream_timeout_s=5.0,
+    )
+    registry = CollectorRegistry()
+    credentials = CredentialSource.static(SigningCredentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY))
+    gateway = make_app(config, registry=registry, credentials=credentials)
+
+    runners = []
+    try:
+        for app, port in ((emulator, emulator_port), (gateway, gateway_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+        print(f"emulator (plays SageMaker, checks signatures): http://127.0.0.1:{emulator_port}")
+        print(f"gateway  (unsigned in, SigV4 out):             http://127.0.0.1:{gateway_port}\n")
+        rows = await asyncio.to_thread(_invoke_all, f"http://127.0.0.1:{gateway_port}")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+    print(_table(rows))
+    print()
+    print(_per_variant_summary(registry))
+    expected = (200, 200, 200, 200, 200, 424, 424, 400, 400, 400)
+    return 0 if tuple(row.status for row in rows) == expected else 1
+
+
+def _invoke_all(gateway_url: str) -> list[Row]:
+    """Make every demo call with an unsigned botocore client, as a service would."""
+    client = botocore.session.get_session().create_client(
+        "sagemaker-runtime",
+        region_name=DEMO_REGION,
+        endpoint_url=gateway_url,
+        config=BotoConfig(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+    )
+    rows = []
+    for what, endpoint, params in CALLS:
+        started = time.perf_counter()
+        try:
+            response = client.invoke_endpoint(EndpointName=endpoint, Body=b'{"x": 1}', **params)
+            response["Body"].read()
+            status, error = 200, ""
+            variant = response.get("InvokedProductionVariant", "")
+        except ClientError as exc:
+            status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+            error = exc.response["Error"]["Code"]
+            variant = ""
+        latency_ms = (time.perf_counter() - started) * 1000
+        rows.append(Row(what, endpoint, variant, status, error, latency_ms))
+    return rows
+
+
+def _table(rows: list[Row]) -> str:
+    header = ("call", "operation", "endpoint", "variant", "status", "error", "latency")
+    cells = [header] + [
+        (
+            row.what,
+            "InvokeEndpoint",
+            row.endpoint if len(row.endpoint) <= 20 else row.endpoint[:17] + "...",
+            row.variant or "-",
+            str(row.status),
+            row.error or "-",
+            f"{row.latency_ms:7.1f} ms",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _per_variant_summary(registry: CollectorRegistry) -> str:
+    """A few per-variant figures read back from the gateway's own metrics."""
+    lines = ["From /metrics (sagemaker_gateway_*), per endpoint and variant:"]
+    for metric in registry.collect():
+        if metric.name != "sagemaker_gateway_requests":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                labels = sample.labels
+                lines.append(
+                    f"  requests_total endpoint={labels['endpoint']:<14} "
+                    f"variant={labels['variant']:<10} status={labels['status']} "
+                    f"error={labels['error'] or '-':<20} {sample.value:g}"
+                )
+    timeouts = registry.get_sample_value(
+        "sagemaker_gateway_model_timeouts_total",
+        {"endpoint": "model-timeout", "variant": "unknown"},
+    )
+    lines.append(f"  model_timeouts_total endpoint=model-timeout {timeouts or 0:g}")
+    rejected = sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "sagemaker_gateway_rejected_requests"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+    lines.append(f"  rejected_requests_total (all reasons) {rejected:g}")
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

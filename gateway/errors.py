@@ -1,0 +1,135 @@
+"""Every failure the gateway itself can produce, and its one mapping to a SageMaker-shaped answer.
+
+A caller's SDK decides which exception to raise from the status, the ``x-amzn-ErrorType``
+header and the JSON ``message``; shaping our own errors like the service's means boto3 raises
+``ValidationError``, ``ServiceUnavailable`` and so on with no gateway-specific handling.
+
+    GatewayError                      status  x-amzn-ErrorType
+    ├── ValidationError                 400   ValidationError        bad name, header, query, framing
+    │   └── PayloadTooLarge             413   ValidationError        body over max_body_bytes
+    ├── AccessDenied                    403   AccessDeniedException  endpoint not allowed by config
+    ├── UnknownOperation                404   UnknownOperationException   no such route
+    ├── MethodNotAllowed                405   UnknownOperationException   route exists, other method
+    ├── Throttled                       429   ThrottlingException    gateway at its concurrency cap
+    ├── ServiceUnavailable              503   ServiceUnavailable     upstream unreachable or reset,
+    │                                                                no credentials, draining
+    ├── GatewayTimeout                  504   GatewayTimeout         upstream_timeout passed
+    └── InternalFailure                 500   InternalFailure        a bug in the gateway
+
+Errors that come from SageMaker itself (ModelError 424 with its fields, ThrottlingException,
+...) are not GatewayErrors: they pass through to the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+REQUEST_ID_HEADER = "x-amzn-RequestId"
+ERROR_TYPE_HEADER = "x-amzn-ErrorType"
+
+
+class GatewayError(Exception):
+    """A failure the gateway answers itself, before or instead of the upstream's answer."""
+
+    status: int = 500
+    error_type: str = "InternalFailure"
+    #: Label for ``rejected_requests_total{reason}``; set on errors raised before forwarding.
+    reason: str = "internal"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class ValidationError(GatewayError):
+    """The request breaks one of the API's rules; the message names the field and the rule."""
+
+    status = 400
+    error_type = "ValidationError"
+    reason = "validation"
+
+
+class PayloadTooLarge(ValidationError):
+    """The body is larger than ``max_body_bytes``."""
+
+    status = 413
+    reason = "body_too_large"
+
+
+class AccessDenied(GatewayError):
+    """The endpoint is not on the configured allowlist."""
+
+    status = 403
+    error_type = "AccessDeniedException"
+    reason = "endpoint_not_allowed"
+
+
+class UnknownOperation(GatewayError):
+    """No operation lives at this path."""
+
+    status = 404
+    error_type = "UnknownOperationException"
+    reason = "unknown_operation"
+
+
+class MethodNotAllowed(GatewayError):
+    """The path exists but not for this method."""
+
+    status = 405
+    error_type = "UnknownOperationException"
+    reason = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: str) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class Throttled(GatewayError):
+    """The gateway is at its configured concurrency limit."""
+
+    status = 429
+    error_type = "ThrottlingException"
+    reason = "concurrency_limit"
+
+
+class ServiceUnavailable(GatewayError):
+    """The upstream cannot be reached, reset the connection, or no credentials can be had."""
+
+    status = 503
+    error_type = "ServiceUnavailable"
+    reason = "unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    """The upstream did not answer within ``upstream_timeout_s``."""
+
+    status = 504
+    error_type = "GatewayTimeout"
+    reason = "timeout"
+
+
+class InternalFailure(GatewayError):
+    """A bug in the gateway: the caller gets a clean 500, the log gets the traceback."""
+
+
+def new_request_id() -> str:
+    """A fresh request id, in the service's format (a UUID)."""
+    return str(uuid.uuid4())
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    """The SageMaker-shaped answer for ``error``: status, ErrorType header, JSON message."""
+    headers = {ERROR_TYPE_HEADER: error.error_type, REQUEST_ID_HEADER: request_id}
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = error.allowed
+    return web.Response(
+        status=error.status,
+        body=json.dumps({"message": error.message}).encode(),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,53 @@
+"""structlog set up for JSON lines, and the one access-log line per request.
+
+The access line is built from an explicit list of fields: bodies, credentials, signatures and
+custom-attribute values are never among them, so they cannot leak by a new ``**kwargs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from gateway.metrics import Outcome
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stdout, at ``level`` and above."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def access_fields(outcome: Outcome) -> dict[str, Any]:
+    """The access-log fields for ``outcome``: identifiers, status, timings and sizes only."""
+    upstream_ms = (
+        None if outcome.upstream_duration_s is None else round(outcome.upstream_duration_s * 1e3, 3)
+    )
+    return {
+        "request_id": outcome.request_id,
+        "endpoint": outcome.endpoint,
+        "variant": outcome.variant,
+        "operation": outcome.operation,
+        "status": outcome.status,
+        "error": outcome.error,
+        "duration_ms": round(outcome.duration_s * 1e3, 3),
+        "upstream_ms": upstream_ms,
+        "request_bytes": outcome.request_bytes,
+        "response_bytes": outcome.response_bytes,
+        "model_timeout": outcome.model_timeout,
+    }

@@ -1,0 +1,127 @@
+"""The Prometheus metrics of DESIGN section 6, on a registry the app is given.
+
+Only endpoint names that passed validation become label values, and variants only when they
+came from the upstream or from a validated TargetVariant: a caller cannot mint label series by
+sending made-up names. Requests refused before forwarding are also counted by reason alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gateway import __version__
+
+PREFIX = "sagemaker_gateway_"
+
+#: From half a millisecond (the gateway's own overhead) to past the model's 60-second limit:
+#: 58 and 62 bracket it, so answers that hit the limit stand apart from slow ones that did not.
+DURATION_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 58.0, 62.0, 75.0, 120.0,
+)  # fmt: skip
+#: 100 bytes to the 6 MB the service accepts.
+SIZE_BUCKETS_BYTES = (
+    100, 1_000, 10_000, 100_000, 500_000, 1_000_000, 2_500_000, 5_242_880, 6_291_456,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one forwarded-or-refused request with a valid endpoint name."""
+
+    request_id: str
+    operation: str
+    endpoint: str
+    variant: str = "unknown"
+    status: int = 0
+    error: str = ""
+    duration_s: float = 0.0
+    upstream_duration_s: float | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    model_timeout: bool = False
+
+
+class Metrics:
+    """The gateway's metric families, created on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        per_variant = ("endpoint", "variant", "operation")
+        self.requests = Counter(
+            PREFIX + "requests",
+            "Requests with a valid endpoint name, by outcome",
+            (*per_variant, "status", "error"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Whole request inside the gateway, from first byte read to last byte written",
+            per_variant,
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            PREFIX + "upstream_duration_seconds",
+            "Time waiting on SageMaker, from sending the request to the end of its answer",
+            per_variant,
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
+        )
+        self.model_timeouts = Counter(
+            PREFIX + "model_timeouts",
+            "ModelError answers reporting that the model did not answer within its time limit",
+            ("endpoint", "variant"),
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            PREFIX + "in_flight_requests",
+            "Requests being handled now",
+            ("endpoint",),
+            registry=registry,
+        )
+        self.rejected = Counter(
+            PREFIX + "rejected_requests",
+            "Requests answered by the gateway without forwarding, by reason",
+            ("reason",),
+            registry=registry,
+        )
+        self.request_size = Histogram(
+            PREFIX + "request_body_bytes",
+            "Request body sizes",
+            ("endpoint", "operation"),
+            buckets=SIZE_BUCKETS_BYTES,
+            registry=registry,
+        )
+        self.response_size = Histogram(
+            PREFIX + "response_body_bytes",
+            "Response body sizes",
+            ("endpoint", "operation"),
+            buckets=SIZE_BUCKETS_BYTES,
+            registry=registry,
+        )
+        Info(PREFIX + "build", "The running gateway's version", registry=registry).info(
+            {"version": __version__}
+        )
+
+    def reject(self, reason: str) -> None:
+        """Count a request refused before forwarding."""
+        self.rejected.labels(reason).inc()
+
+    def record(self, outcome: Outcome) -> None:
+        """Count one finished request with a valid endpoint name."""
+        labels = (outcome.endpoint, outcome.variant, outcome.operation)
+        self.requests.labels(*labels, str(outcome.status), outcome.error).inc()
+        self.request_duration.labels(*labels).observe(outcome.duration_s)
+        if outcome.upstream_duration_s is not None:
+            self.upstream_duration.labels(*labels).observe(outcome.upstream_duration_s)
+        if outcome.model_timeout:
+            self.model_timeouts.labels(outcome.endpoint, outcome.variant).inc()
+        self.request_size.labels(outcome.endpoint, outcome.operation).observe(
+            outcome.request_bytes
+        )
+        self.response_size.labels(outcome.endpoint, outcome.operation).observe(
+            outcome.response_bytes
+        )

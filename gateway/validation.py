@@ -1,0 +1,126 @@
+"""Pure checks of a request's parts against the API's rules.
+
+Each function takes plain values and returns the accepted value or raises
+:class:`gateway.errors.ValidationError` whose message names the field and the rule it broke.
+Nothing here does I/O, so the rules can be tested exhaustively on their own.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.errors import PayloadTooLarge, ValidationError
+from gateway.operations import HeaderRule, Operation
+
+#: DESIGN section 3: every accepted header is printable ASCII and at most 1024 characters,
+#: whatever looser rule the model states for it.
+MAX_HEADER_CHARS = 1024
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_DIGITS = re.compile(r"-?[0-9]{1,10}")
+
+
+def validate_endpoint_name(raw_name: str, operation: Operation) -> str:
+    """Accept the endpoint name exactly as it appeared in the raw path, or raise.
+
+    The name is checked before any percent-decoding: ``%2F``, ``..`` and ``@`` can never match
+    the model's pattern, so an encoded path trick is refused rather than normalised away.
+    """
+    max_len = operation.endpoint_name_max_length
+    if len(raw_name) > max_len:
+        raise ValidationError(
+            f"Value at 'endpointName' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {max_len} "
+            f"(got {len(raw_name)} characters)",
+            reason="endpoint_name",
+        )
+    if not operation.endpoint_name_pattern.fullmatch(raw_name):
+        raise ValidationError(
+            f"Value at 'endpointName' failed to satisfy constraint: "
+            f"Member must satisfy regular expression pattern: {operation.endpoint_name_pattern_text}",
+            reason="endpoint_name",
+        )
+    return raw_name
+
+
+def validate_header(rule: HeaderRule, value: str) -> str:
+    """Accept one request header value under the model's rule for it, or raise."""
+    field = rule.wire_name
+    if len(value) > MAX_HEADER_CHARS:
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {MAX_HEADER_CHARS} "
+            f"(got {len(value)} characters)",
+            reason="header_too_long",
+        )
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            "Member must contain only printable US-ASCII characters",
+            reason="header_not_ascii",
+        )
+    if rule.kind == "integer":
+        return _validate_integer(rule, value)
+    if rule.max_length is not None and len(value) > rule.max_length:
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {rule.max_length} "
+            f"(got {len(value)} characters)",
+            reason="header_too_long",
+        )
+    if rule.min_length is not None and len(value) < rule.min_length:
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must have length greater than or equal to {rule.min_length}",
+            reason="header_invalid",
+        )
+    if rule.pattern is not None and not rule.pattern.fullmatch(value):
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must satisfy regular expression pattern: {rule.pattern_text}",
+            reason="header_invalid",
+        )
+    return value
+
+
+def _validate_integer(rule: HeaderRule, value: str) -> str:
+    field = rule.wire_name
+    if not _DIGITS.fullmatch(value):
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: Member must be an integer",
+            reason="header_invalid",
+        )
+    number = int(value)
+    if rule.min_value is not None and number < rule.min_value:
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must have value greater than or equal to {rule.min_value}",
+            reason="header_invalid",
+        )
+    if rule.max_value is not None and number > rule.max_value:
+        raise ValidationError(
+            f"Value at '{field}' failed to satisfy constraint: "
+            f"Member must have value less than or equal to {rule.max_value}",
+            reason="header_invalid",
+        )
+    return value
+
+
+def body_limit(operation: Operation, max_body_bytes: int) -> int:
+    """The body limit for ``operation``: the configured one, never above the model's own."""
+    if operation.body_max_bytes is None:
+        return 0
+    return min(max_body_bytes, operation.body_max_bytes)
+
+
+def validate_content_length(content_length: int | None, limit: int) -> None:
+    """Refuse a declared body larger than ``limit`` before a byte of it is read."""
+    if content_length is not None and content_length > limit:
+        raise body_too_large(limit)
+
+
+def body_too_large(limit: int) -> PayloadTooLarge:
+    """The error for a body over ``limit``, declared or counted."""
+    return PayloadTooLarge(
+        f"Value at 'body' failed to satisfy constraint: "
+        f"Member must have length less than or equal to {limit} bytes"
+    )

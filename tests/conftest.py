@@ -1,0 +1,128 @@
+"""Fixtures: the emulator and the gateway on real loopback sockets, and clients pointed at them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+from prometheus_client import CollectorRegistry
+
+from gateway.app import make_app
+from gateway.config import Config
+from gateway.credentials import CredentialSource
+from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
+from gateway.signing import SigningCredentials
+
+ACCESS_KEY = "AKIDGATEWAYTEST"
+SECRET_KEY = "gateway/test+secret"
+REGION = "us-east-1"
+#: How long the emulator's model-timeout endpoint takes in tests (the real limit is 60 s).
+MODEL_TIMEOUT_S = 0.3
+AWS_CLI = str(Path(sys.executable).with_name("aws"))
+
+
+@pytest.fixture
+def gateway_credentials() -> SigningCredentials:
+    return SigningCredentials(ACCESS_KEY, SECRET_KEY)
+
+
+@pytest.fixture
+async def emulator(aiohttp_server):
+    """The emulated SageMaker runtime, accepting only the gateway's test credentials."""
+    settings = EmulatorSettings(
+        credentials={ACCESS_KEY: SECRET_KEY}, region=REGION, model_timeout_s=MODEL_TIMEOUT_S
+    )
+    return await aiohttp_server(make_emulator_app(settings))
+
+
+@pytest.fixture
+def journal(emulator):
+    """Every request the emulator received, in order."""
+    return emulator.app[JOURNAL]
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def gateway_config(emulator) -> Config:
+    return Config(
+        region=REGION,
+        upstream_url=str(emulator.make_url("")).rstrip("/"),
+        upstream_timeout_s=2.0,
+        connect_timeout_s=1.0,
+    )
+
+
+@pytest.fixture
+def start_gateway(aiohttp_server, registry, gateway_credentials, gateway_config):
+    """Start a gateway on a free port; keyword arguments override its Config."""
+
+    async def start(credentials: CredentialSource | None = None, **overrides):
+        config = replace(gateway_config, **overrides)
+        source = credentials or CredentialSource.static(gateway_credentials)
+        app = make_app(config, registry=registry, credentials=source)
+        return await aiohttp_server(app, handler_cancellation=True)
+
+    return start
+
+
+@pytest.fixture
+async def gateway(start_gateway):
+    """The gateway with its test defaults, forwarding to the emulator."""
+    return await start_gateway()
+
+
+@pytest.fixture
+def gateway_url(gateway) -> str:
+    return str(gateway.make_url("")).rstrip("/")
+
+
+def make_runtime_client(url: str, signed_with: tuple[str, str] | None = None):
+    """A boto3 sagemaker-runtime client for ``url``: unsigned, or signed with a caller's keys."""
+    boto_config = BotoConfig(
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        **({} if signed_with else {"signature_version": UNSIGNED}),
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=signed_with[0] if signed_with else None,
+        aws_secret_access_key=signed_with[1] if signed_with else None,
+        region_name=REGION,
+    )
+    return session.client("sagemaker-runtime", endpoint_url=url, config=boto_config)
+
+
+@pytest.fixture
+def runtime_client(gateway_url) -> Callable[..., object]:
+    """A factory for boto3 clients pointed at the default test gateway (unsigned by default)."""
+    return lambda signed_with=None: make_runtime_client(gateway_url, signed_with)
+
+
+async def run_aws_cli(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+    """Run the real AWS CLI with no credentials around it; return (code, stdout, stderr)."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        AWS_CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(timeout_s):
+        out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()

@@ -1,0 +1,137 @@
+"""The installed command end to end: `sagemaker-gateway serve` as a process, the real AWS CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, run_aws_cli
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_healthy(url: str, deadline_s: float = 20.0) -> None:
+    """Poll /healthz until it answers 200, failing after ``deadline_s``."""
+    async with asyncio.timeout(deadline_s), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def served_gateway(emulator):
+    """`python -m gateway serve` in its own process, credentials from botocore's env chain."""
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "SMGW_REGION": REGION,
+        "SMGW_UPSTREAM_URL": str(emulator.make_url("")).rstrip("/"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), "--upstream-timeout", "5",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(url)
+        yield url, process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_aws_cli_invoke_endpoint_through_the_served_gateway(served_gateway, journal, tmp_path):
+    """`aws sagemaker-runtime invoke-endpoint --no-sign-request` gets the model's answer."""
+    url, _ = served_gateway
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"instances": [[1.0, 2.0]]}')
+    outfile = tmp_path / "out.json"
+    code, out, err = await run_aws_cli(
+        "sagemaker-runtime", "invoke-endpoint",
+        "--endpoint-name", "echo",
+        "--body", f"fileb://{body}",
+        "--content-type", "application/json",
+        "--custom-attributes", "trace=cli",
+        "--target-variant", "VariantA",
+        "--endpoint-url", url, "--region", REGION, "--no-sign-request",
+        str(outfile),
+    )  # fmt: skip
+    assert code == 0, err
+    assert outfile.read_bytes() == b'{"instances": [[1.0, 2.0]]}'
+    metadata = json.loads(out)
+    assert metadata["ContentType"] == "application/json"
+    assert metadata["InvokedProductionVariant"] == "VariantA"
+    assert metadata["CustomAttributes"] == "trace=cli"
+    assert journal[-1].signature_ok
+
+
+async def test_aws_cli_sees_a_validation_error_for_a_bad_name(served_gateway, journal, tmp_path):
+    """The CLI reports the gateway's refusal as the service's ValidationError."""
+    url, _ = served_gateway
+    code, _, err = await run_aws_cli(
+        "sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "bad_name", "--body", "e30=",
+        "--endpoint-url", url, "--region", REGION, "--no-sign-request", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code != 0
+    assert "ValidationError" in err
+    assert "endpointName" in err
+    assert journal == []
+
+
+async def test_aws_cli_sees_model_error(served_gateway, tmp_path):
+    """A model failure reaches the CLI as ModelError (status 424)."""
+    url, _ = served_gateway
+    code, _, err = await run_aws_cli(
+        "sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "model-error", "--body", "e30=",
+        "--endpoint-url", url, "--region", REGION, "--no-sign-request", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code != 0
+    assert "ModelError" in err
+
+
+async def test_served_gateway_logs_one_json_line_per_request_and_stops_on_sigterm(
+    served_gateway, tmp_path
+):
+    """Each request is one JSON access line without the body; SIGTERM ends the process with 0."""
+    url, process = served_gateway
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{url}/endpoints/echo/invocations",
+            data=b"secret-body-value",
+            headers={"X-Amzn-SageMaker-Custom-Attributes": "secret-attribute-value"},
+        ) as response:
+            assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        out, _ = await process.communicate()
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "request"]
+    assert len(access) == 1
+    assert access[0]["endpoint"] == "echo" and access[0]["status"] == 200
+    assert "secret-body-value" not in out.decode()
+    assert "secret-attribute-value" not in out.decode()
+    assert SECRET_KEY not in out.decode()
