@@ -106,7 +106,7 @@ def _invoke_all(gateway_url: str) -> list[Row]:
         "sagemaker-runtime",
         region_name=DEMO_REGION,
         endpoint_url=gateway_url,
-        config=BotoConfig(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+        config=BotoConfig(signature_version=UNSIGNED, retries={"total_max_attempts": 1}),
     )
     rows = []
     for what, endpoint, params in CALLS:
@@ -140,7 +140,10 @@ def _table(rows: list[Row]) -> str:
         for row in rows
     ]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in cells]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in cells
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

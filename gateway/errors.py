@@ -4,17 +4,17 @@ A caller's SDK decides which exception to raise from the status, the ``x-amzn-Er
 header and the JSON ``message``; shaping our own errors like the service's means boto3 raises
 ``ValidationError``, ``ServiceUnavailable`` and so on with no gateway-specific handling.
 
-    GatewayError                      status  x-amzn-ErrorType
-    ├── ValidationError                 400   ValidationError        bad name, header, query, framing
-    │   └── PayloadTooLarge             413   ValidationError        body over max_body_bytes
-    ├── AccessDenied                    403   AccessDeniedException  endpoint not allowed by config
-    ├── UnknownOperation                404   UnknownOperationException   no such route
-    ├── MethodNotAllowed                405   UnknownOperationException   route exists, other method
-    ├── Throttled                       429   ThrottlingException    gateway at its concurrency cap
-    ├── ServiceUnavailable              503   ServiceUnavailable     upstream unreachable or reset,
-    │                                                                no credentials, draining
-    ├── GatewayTimeout                  504   GatewayTimeout         upstream_timeout passed
-    └── InternalFailure                 500   InternalFailure        a bug in the gateway
+    GatewayError              status  x-amzn-ErrorType            when
+    ├── ValidationError         400   ValidationError             bad name, header, query, framing
+    │   └── PayloadTooLarge     413   ValidationError             body over max_body_bytes
+    ├── AccessDenied            403   AccessDeniedException       endpoint not allowed by config
+    ├── UnknownOperation        404   UnknownOperationException   no such route
+    ├── MethodNotAllowed        405   UnknownOperationException   route exists, other method
+    ├── Throttled               429   ThrottlingException         gateway at its concurrency cap
+    ├── ServiceUnavailable      503   ServiceUnavailable          upstream unreachable or reset,
+    │                                                             no credentials, draining
+    ├── GatewayTimeout          504   GatewayTimeout              upstream_timeout passed
+    └── InternalFailure         500   InternalFailure             a bug in the gateway
 
 Errors that come from SageMaker itself (ModelError 424 with its fields, ThrottlingException,
 ...) are not GatewayErrors: they pass through to the caller unchanged.

@@ -119,9 +119,7 @@ class Metrics:
             self.upstream_duration.labels(*labels).observe(outcome.upstream_duration_s)
         if outcome.model_timeout:
             self.model_timeouts.labels(outcome.endpoint, outcome.variant).inc()
-        self.request_size.labels(outcome.endpoint, outcome.operation).observe(
-            outcome.request_bytes
-        )
+        self.request_size.labels(outcome.endpoint, outcome.operation).observe(outcome.request_bytes)
         self.response_size.labels(outcome.endpoint, outcome.operation).observe(
             outcome.response_bytes
         )

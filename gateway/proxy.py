@@ -33,8 +33,12 @@ from gateway.log import access_fields
 from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
 from gateway.signing import Signer
-from gateway.validation import body_limit, body_too_large, validate_content_length
-from gateway.validation import validate_endpoint_name
+from gateway.validation import (
+    body_limit,
+    body_too_large,
+    validate_content_length,
+    validate_endpoint_name,
+)
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
@@ -102,7 +106,12 @@ class Proxy:
         """The operation suffix and the validated endpoint name, read from the raw target."""
         raw_path, _, raw_query = request.raw_path.partition("?")
         parts = raw_path.split("/")
-        if len(parts) != 4 or parts[0] or parts[1] != "endpoints" or parts[3] not in self.operations:
+        if (
+            len(parts) != 4
+            or parts[0]
+            or parts[1] != "endpoints"
+            or parts[3] not in self.operations
+        ):
             raise UnknownOperation(f"No operation matches {request.method} {raw_path[:200]}")
         operation = self.operations[parts[3]]
         if request.method != "POST":
@@ -246,4 +255,3 @@ def _describe(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"connection failed ({exc.os_error.strerror or type(exc.os_error).__name__})"
     return type(exc).__name__
-

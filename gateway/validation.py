@@ -36,7 +36,8 @@ def validate_endpoint_name(raw_name: str, operation: Operation) -> str:
     if not operation.endpoint_name_pattern.fullmatch(raw_name):
         raise ValidationError(
             f"Value at 'endpointName' failed to satisfy constraint: "
-            f"Member must satisfy regular expression pattern: {operation.endpoint_name_pattern_text}",
+            "Member must satisfy regular expression pattern: "
+            f"{operation.endpoint_name_pattern_text}",
             reason="endpoint_name",
         )
     return raw_name

@@ -66,13 +66,19 @@ def gateway_config(emulator) -> Config:
 
 @pytest.fixture
 def start_gateway(aiohttp_server, registry, gateway_credentials, gateway_config):
-    """Start a gateway on a free port; keyword arguments override its Config."""
+    """Start a gateway on a free port; keyword arguments override its Config.
+
+    The first gateway a test starts records into the ``registry`` fixture; any further one gets
+    a registry of its own.
+    """
+    registries = [registry]
 
     async def start(credentials: CredentialSource | None = None, **overrides):
         config = replace(gateway_config, **overrides)
         source = credentials or CredentialSource.static(gateway_credentials)
-        app = make_app(config, registry=registry, credentials=source)
-        return await aiohttp_server(app, handler_cancellation=True)
+        own_registry = registries.pop() if registries else CollectorRegistry()
+        app = make_app(config, registry=own_registry, credentials=source)
+        return await aiohttp_server(app)  # TestServer cancels handlers on disconnect, as serve does
 
     return start
 
@@ -91,7 +97,7 @@ def gateway_url(gateway) -> str:
 def make_runtime_client(url: str, signed_with: tuple[str, str] | None = None):
     """A boto3 sagemaker-runtime client for ``url``: unsigned, or signed with a caller's keys."""
     boto_config = BotoConfig(
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
         read_timeout=30,
         **({} if signed_with else {"signature_version": UNSIGNED}),

@@ -39,7 +39,9 @@ async def raw_request(host: str, port: int, data: bytes, *, timeout_s: float = 1
 
 
 def build_request(
-    method: str, target: str, headers: list[tuple[str, str]] | list[tuple[bytes, bytes]],
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]] | list[tuple[bytes, bytes]],
     body: bytes = b"",
 ) -> bytes:
     """Request bytes with exactly these headers (plus Host and Connection: close if absent)."""

@@ -63,7 +63,9 @@ async def served_gateway(emulator):
             await process.wait()
 
 
-async def test_aws_cli_invoke_endpoint_through_the_served_gateway(served_gateway, journal, tmp_path):
+async def test_aws_cli_invoke_endpoint_through_the_served_gateway(
+    served_gateway, journal, tmp_path
+):
     """`aws sagemaker-runtime invoke-endpoint --no-sign-request` gets the model's answer."""
     url, _ = served_gateway
     body = tmp_path / "body.json"
@@ -117,13 +119,15 @@ async def test_served_gateway_logs_one_json_line_per_request_and_stops_on_sigter
 ):
     """Each request is one JSON access line without the body; SIGTERM ends the process with 0."""
     url, process = served_gateway
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
             f"{url}/endpoints/echo/invocations",
             data=b"secret-body-value",
             headers={"X-Amzn-SageMaker-Custom-Attributes": "secret-attribute-value"},
-        ) as response:
-            assert response.status == 200
+        ) as response,
+    ):
+        assert response.status == 200
     process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(20):
         out, _ = await process.communicate()

@@ -31,7 +31,9 @@ def test_defaults_bind_loopback_port_8080():
 
 def test_flag_beats_env_beats_file(tmp_path):
     """The same option from three sources: the flag wins, then SMGW_*, then the file."""
-    path = write_toml(tmp_path, "[gateway]\nupstream_timeout = 30\nport = 9001\nregion = 'eu-west-1'\n")
+    path = write_toml(
+        tmp_path, "[gateway]\nupstream_timeout = 30\nport = 9001\nregion = 'eu-west-1'\n"
+    )
     env = {"SMGW_UPSTREAM_TIMEOUT": "40", "SMGW_PORT": "9002"}
     config = load_config({"upstream_timeout": "50"}, env=env, config_path=path)
     assert config.upstream_timeout_s == 50.0
@@ -116,7 +118,10 @@ def test_the_cli_exits_2_without_a_region():
     """No region anywhere: one line naming the option, exit 2."""
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "gateway", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=env,
     )
     assert result.returncode == 2

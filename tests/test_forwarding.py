@@ -44,15 +44,14 @@ async def test_headers_outside_the_api_never_reach_the_upstream(gateway, journal
 
 async def test_only_the_apis_response_headers_come_back(gateway):
     """The emulator's private header and cookie stay behind; the API's headers come back."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            gateway.make_url("/endpoints/echo/invocations"),
-            data=b"{}",
-            headers={"Content-Type": "application/json",
-                     "X-Amzn-SageMaker-Custom-Attributes": "k=v"},
-        ) as response:  # fmt: skip
-            assert response.status == 200
-            returned = {name.lower() for name in response.headers}
+    async with aiohttp.ClientSession() as session, session.post(
+        gateway.make_url("/endpoints/echo/invocations"),
+        data=b"{}",
+        headers={"Content-Type": "application/json",
+                 "X-Amzn-SageMaker-Custom-Attributes": "k=v"},
+    ) as response:  # fmt: skip
+        assert response.status == 200
+        returned = {name.lower() for name in response.headers}
     assert "x-emulator-private" not in returned
     assert "set-cookie" not in returned
     assert {"content-type", "x-amzn-invoked-production-variant",
@@ -71,12 +70,12 @@ async def test_a_chunked_body_over_the_limit_is_413_and_not_forwarded(gateway, j
             yield b"z" * 65_536
         yield b"!"
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            gateway.make_url("/endpoints/echo/invocations"), data=chunks()
-        ) as response:
-            assert response.status == 413
-            assert response.headers["x-amzn-ErrorType"] == "ValidationError"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.make_url("/endpoints/echo/invocations"), data=chunks()) as response,
+    ):
+        assert response.status == 413
+        assert response.headers["x-amzn-ErrorType"] == "ValidationError"
     assert journal == []
 
 
@@ -87,12 +86,12 @@ async def test_a_chunked_body_at_the_limit_is_forwarded(gateway, journal):
         for _ in range(80):
             yield b"z" * 65_536
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            gateway.make_url("/endpoints/echo/invocations"), data=chunks()
-        ) as response:
-            assert response.status == 200
-            assert len(await response.read()) == 5_242_880
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gateway.make_url("/endpoints/echo/invocations"), data=chunks()) as response,
+    ):
+        assert response.status == 200
+        assert len(await response.read()) == 5_242_880
     assert journal[0].body_length == 5_242_880
 
 

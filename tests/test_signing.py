@@ -83,8 +83,13 @@ def test_signature_matches_botocore_for_a_runtime_request(token, body, headers):
     when = datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
     ours = Signer("eu-west-1", "sagemaker").sign(
-        SigningCredentials("AKIDTEST", "secret/key+value", token), when, "POST", host, path,
-        headers, body,
+        SigningCredentials("AKIDTEST", "secret/key+value", token),
+        when,
+        "POST",
+        host,
+        path,
+        headers,
+        body,
     )
     assert dict(ours)["Authorization"] == request.headers["Authorization"]
 

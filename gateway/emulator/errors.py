@@ -1,0 +1,97 @@
+"""Errors shaped like the SageMaker runtime's: status, ``x-amzn-ErrorType``, JSON body.
+
+Every error the emulator answers with is an :class:`EmulatorError` raised somewhere below the
+middleware and turned into a response in exactly one place (:meth:`EmulatorError.to_response`).
+The ``x-amzn-RequestId`` header is added to every response, errors or not, by the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+#: The account every emulated endpoint belongs to (AWS's documentation example account).
+ACCOUNT_ID = "123456789012"
+
+VALIDATION_ERROR = "ValidationError"
+MODEL_ERROR = "ModelError"
+THROTTLING = "ThrottlingException"
+SERVICE_UNAVAILABLE = "ServiceUnavailable"
+UNKNOWN_OPERATION = "UnknownOperationException"
+INTERNAL_FAILURE = "InternalFailure"
+
+
+class EmulatorError(Exception):
+    """An AWS-shaped error answer: status, ErrorType and body (``{"message": ...}`` by default)."""
+
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str | None,
+        *,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {error_type}: {message}")
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.body: Mapping[str, Any] = body if body is not None else {"message": message}
+        self.headers: Mapping[str, str] = headers or {}
+
+    def to_response(self) -> web.Response:
+        """The error as the service sends it."""
+        return web.json_response(
+            dict(self.body),
+            status=self.status,
+            headers={"x-amzn-ErrorType": self.error_type, **self.headers},
+        )
+
+
+def validation_error(message: str, *, status: int = 400) -> EmulatorError:
+    """A ``ValidationError`` (400, or 413 for an oversized body)."""
+    return EmulatorError(status, VALIDATION_ERROR, message)
+
+
+def endpoint_not_found(name: str) -> EmulatorError:
+    """What the service answers for an endpoint the account does not have."""
+    return validation_error(f"Endpoint {name} of account {ACCOUNT_ID} not found.")
+
+
+def model_error(
+    *,
+    endpoint: str,
+    region: str,
+    original_status: int,
+    original_message: str,
+    error_code: str,
+) -> EmulatorError:
+    """424 ModelError: the model container failed; its status and body ride along.
+
+    The ``Message`` follows the service's wording, e.g. ``Received server error (500) from primary
+    with message "...". See https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=...
+    #logEventViewer:group=/aws/sagemaker/Endpoints/<name> in account <id> for more information.``
+    (a 4xx from the container reads "client error"; a timeout is "server error (0)").
+    """
+    log_group = f"/aws/sagemaker/Endpoints/{endpoint}"
+    console = (
+        f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+        f"#logEventViewer:group={log_group}"
+    )
+    kind = "client" if 400 <= original_status < 500 else "server"
+    message = (
+        f"Received {kind} error ({original_status}) from primary "
+        f'with message "{original_message}". '
+        f"See {console} in account {ACCOUNT_ID} for more information."
+    )
+    body = {
+        "ErrorCode": error_code,
+        "LogStreamArn": f"arn:aws:logs:{region}:{ACCOUNT_ID}:log-group:{log_group}",
+        "Message": message,
+        "OriginalMessage": original_message,
+        "OriginalStatusCode": original_status,
+    }
+    return EmulatorError(424, MODEL_ERROR, message, body=body)
