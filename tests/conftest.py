@@ -36,11 +36,19 @@ def gateway_credentials() -> SigningCredentials:
 
 @pytest.fixture
 async def emulator(aiohttp_server):
-    """The emulated SageMaker runtime, accepting only the gateway's test credentials."""
+    """The emulated SageMaker runtime, accepting only the gateway's test credentials.
+
+    After the test, every request that reached it must have carried a valid signature: the
+    gateway never forwards anything unsigned or signed wrongly.
+    """
     settings = EmulatorSettings(
         credentials={ACCESS_KEY: SECRET_KEY}, region=REGION, model_timeout_s=MODEL_TIMEOUT_S
     )
-    return await aiohttp_server(make_emulator_app(settings))
+    server = await aiohttp_server(make_emulator_app(settings))
+    yield server
+    entries = server.app[JOURNAL]
+    unverified = [(e.raw_path, e.signature_error) for e in entries if not e.signature_ok]
+    assert unverified == [], "the emulator refused the gateway's signature"
 
 
 @pytest.fixture
