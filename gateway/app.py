@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.config import Config
+from gateway.connection import head_deadline_middleware
 from gateway.credentials import CredentialSource, botocore_resolver
 from gateway.errors import (
     GatewayError,
@@ -20,12 +21,13 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.operations import load_operations
-from gateway.proxy import Proxy
+from gateway.proxy import GatewayState, Proxy
 from gateway.upstream import make_client_session
 
 PROXY = web.AppKey("proxy", Proxy)
 CREDENTIALS = web.AppKey("credentials", CredentialSource)
 METRICS = web.AppKey("metrics", Metrics)
+STATE = web.AppKey("state", GatewayState)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,12 +48,15 @@ def make_app(
         botocore_resolver(), check_interval_s=config.credential_check_interval_s
     )
     metrics = Metrics(registry)
-    proxy = Proxy(config, load_operations(), credentials, metrics, logger)
+    state = GatewayState()
+    proxy = Proxy(config, load_operations(), credentials, metrics, logger, state)
 
-    app = web.Application(middlewares=[error_middleware(logger)])
+    # No client_max_size: the proxy reads bodies itself, to the operation's own limit.
+    app = web.Application(middlewares=[head_deadline_middleware, error_middleware(logger)])
     app[PROXY] = proxy
     app[CREDENTIALS] = credentials
     app[METRICS] = metrics
+    app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
@@ -95,6 +100,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when a request could be signed and forwarded now, else 503 with the reason."""
+    if request.app[STATE].draining:
+        return web.json_response({"status": "unavailable", "reason": "draining"}, status=503)
     if request.app[CREDENTIALS].current() is None:
         return web.json_response({"status": "unavailable", "reason": "no credentials"}, status=503)
     return web.json_response({"status": "ready"})

@@ -39,6 +39,16 @@ class Config:
     log_level: str = "info"
     upstream_pool_size: int = 1024
     credential_check_interval_s: float = 60.0
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    max_concurrent_requests: int = 1024
+    max_connections: int = 4096
+    allowed_endpoints: tuple[str, ...] = ()
+    shutdown_grace_s: float = 5.0
+    drain_timeout_s: float = 75.0
+    max_retries: int = 2
+    stream_idle_timeout_s: float = 60.0
 
     @property
     def upstream_host(self) -> str:
@@ -58,6 +68,33 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return value
+
+
+_ENDPOINT_GLOB = re.compile(r"[a-zA-Z0-9*?\[\]!-]{1,63}")
+
+
+def _endpoint_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(part.strip() for part in text.split(",") if part.strip())
+    for pattern in patterns:
+        if not _ENDPOINT_GLOB.fullmatch(pattern):
+            raise ValueError(
+                f"must be endpoint names or glob patterns separated by commas; got {pattern!r}"
+            )
+    return patterns
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +197,66 @@ OPTIONS = (
         _positive_float,
         "seconds between background looks at the credentials (botocore refreshes them early)",
     ),
+    Option(
+        "head_timeout",
+        "head_timeout_s",
+        _positive_float,
+        "seconds a client has to send a request's line and headers; then the connection closes",
+    ),
+    Option(
+        "body_timeout",
+        "body_timeout_s",
+        _positive_float,
+        "seconds a client has to send a request's whole body; then 408",
+    ),
+    Option(
+        "keepalive_timeout",
+        "keepalive_timeout_s",
+        _positive_float,
+        "seconds an idle client connection is kept open",
+    ),
+    Option(
+        "max_concurrent_requests",
+        "max_concurrent_requests",
+        _positive_int,
+        "requests handled at once; more get 429 ThrottlingException at once, never a queue",
+    ),
+    Option(
+        "max_connections",
+        "max_connections",
+        _positive_int,
+        "client connections open at once; more are closed on arrival",
+    ),
+    Option(
+        "allowed_endpoints",
+        "allowed_endpoints",
+        _endpoint_patterns,
+        "endpoint names or glob patterns, comma-separated; others get 403 (empty: all)",
+    ),
+    Option(
+        "shutdown_grace",
+        "shutdown_grace_s",
+        _non_negative_float,
+        "seconds after SIGTERM that new requests are still taken while /readyz reports 503",
+    ),
+    Option(
+        "drain_timeout",
+        "drain_timeout_s",
+        _positive_float,
+        "seconds in-flight requests get to finish once the listener is closed",
+    ),
+    Option(
+        "stream_idle_timeout",
+        "stream_idle_timeout_s",
+        _positive_float,
+        "seconds a response stream may go quiet between parts once it has started",
+    ),
+    Option(
+        "max_retries",
+        "max_retries",
+        _non_negative_int,
+        "retries of a connection failure or throttling, within the deadline and a retry budget",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -188,6 +285,8 @@ def load_config(
         for source, raw in sources:
             if raw is None:
                 continue
+            if isinstance(raw, list):  # a TOML array, for the options that take several values
+                raw = ",".join(str(item) for item in raw)
             try:
                 values[option.attr] = option.parse(str(raw))
             except ValueError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,15 @@ def botocore_resolver() -> Resolver:
             holder["credentials"] = credentials
         # For refreshable credentials this refreshes when botocore judges them close to expiry.
         frozen = credentials.get_frozen_credentials()
-        return SigningCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+        # botocore keeps the expiry of temporary credentials only on this private attribute;
+        # without it, expired keys would be signed with until the next refresh succeeded.
+        expiry = getattr(credentials, "_expiry_time", None)
+        return SigningCredentials(
+            frozen.access_key,
+            frozen.secret_key,
+            frozen.token,
+            expires_at=expiry.timestamp() if expiry is not None else None,
+        )
 
     return resolve
 
@@ -59,8 +68,12 @@ class CredentialSource:
         return source
 
     def current(self) -> SigningCredentials | None:
-        """The credentials to sign with now, or None when none could be resolved."""
-        return self._current
+        """The credentials to sign with now; None when none could be had or they expired."""
+        credentials = self._current
+        expires_at = credentials.expires_at if credentials is not None else None
+        if expires_at is not None and expires_at <= time.time():
+            return None
+        return credentials
 
     async def refresh(self) -> None:
         """Ask the resolver once, in a worker thread; keep the old snapshot if it fails."""
@@ -88,6 +101,14 @@ class CredentialSource:
     async def _refresh_forever(self) -> None:
         while True:
             await self.refresh()
-            # Retry soon while we have nothing; otherwise look on the regular interval.
-            delay = self._check_interval_s if self._current else min(self._check_interval_s, 2.0)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._next_delay_s())
+
+    def _next_delay_s(self) -> float:
+        """Look again on the regular interval; sooner when nothing is usable or expiry is near."""
+        credentials = self.current()
+        if credentials is None:
+            return min(self._check_interval_s, 1.0)
+        if credentials.expires_at is not None:
+            remaining = credentials.expires_at - time.time()
+            return max(0.5, min(self._check_interval_s, remaining / 2))
+        return self._check_interval_s

@@ -8,6 +8,7 @@ header and the JSON ``message``; shaping our own errors like the service's means
     ├── ValidationError         400   ValidationError             bad name, header, query, framing
     │   └── PayloadTooLarge     413   ValidationError             body over max_body_bytes
     ├── AccessDenied            403   AccessDeniedException       endpoint not allowed by config
+    ├── RequestTimeout          408   RequestTimeout              body not received in body_timeout
     ├── UnknownOperation        404   UnknownOperationException   no such route
     ├── MethodNotAllowed        405   UnknownOperationException   route exists, other method
     ├── Throttled               429   ThrottlingException         gateway at its concurrency cap
@@ -67,6 +68,14 @@ class AccessDenied(GatewayError):
     status = 403
     error_type = "AccessDeniedException"
     reason = "endpoint_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its whole body within ``body_timeout_s``."""
+
+    status = 408
+    error_type = "RequestTimeout"
+    reason = "body_timeout"
 
 
 class UnknownOperation(GatewayError):

@@ -7,22 +7,28 @@ the caller sees when one of them fails.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
 import structlog
 from aiohttp import web
+from botocore.eventstream import EventStreamBuffer, ParserError
 from yarl import URL
 
 from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.errors import (
+    AccessDenied,
     GatewayError,
     GatewayTimeout,
     MethodNotAllowed,
+    RequestTimeout,
     ServiceUnavailable,
+    Throttled,
     UnknownOperation,
     ValidationError,
     error_response,
@@ -32,6 +38,7 @@ from gateway.headers import response_header_names, select_request_headers, selec
 from gateway.log import access_fields
 from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
+from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
 from gateway.validation import (
     body_limit,
@@ -42,8 +49,17 @@ from gateway.validation import (
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
+STREAM_SUFFIX = "invocations-response-stream"
 #: Error bodies are read whole (to recognise a model timeout); this bounds what we hold.
 MAX_ERROR_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class GatewayState:
+    """What changes while the app runs and every request may look at."""
+
+    draining: bool = False
+    in_flight: int = 0
 
 
 class Proxy:
@@ -56,14 +72,17 @@ class Proxy:
         credentials: CredentialSource,
         metrics: Metrics,
         logger: structlog.typing.FilteringBoundLogger,
+        state: GatewayState,
     ) -> None:
         self.config = config
         self.operations = operations
         self.credentials = credentials
         self.metrics = metrics
         self.log = logger
+        self.state = state
         self.signer = Signer(config.region, "sagemaker")
         self.session: aiohttp.ClientSession | None = None
+        self.retry_budget = RetryBudget()
         self._host = config.upstream_host
         self._response_headers = {
             suffix: response_header_names(op) for suffix, op in operations.items()
@@ -89,14 +108,26 @@ class Proxy:
         outcome = Outcome(request_id=request_id, operation=operation.name, endpoint=endpoint)
         in_flight = self.metrics.in_flight.labels(endpoint)
         in_flight.inc()
+        self.state.in_flight += 1
         try:
+            if self.state.in_flight > self.config.max_concurrent_requests:
+                raise Throttled(
+                    f"The gateway is handling {self.config.max_concurrent_requests} requests "
+                    "(max_concurrent_requests); retry with backoff"
+                )
             return await self._forward(request, suffix, operation, outcome)
         except GatewayError as error:
             outcome.status, outcome.error = error.status, error.error_type
             if outcome.upstream_duration_s is None:
                 self.metrics.reject(error.reason)
-            return error_response(error, outcome.request_id)
+            response = error_response(error, outcome.request_id)
+            if not request.content.is_eof():
+                # A body we refused unread: close rather than linger reading what the client
+                # may never finish sending, holding the connection through a drain.
+                response.force_close()
+            return response
         finally:
+            self.state.in_flight -= 1
             in_flight.dec()
             outcome.duration_s = loop.time() - started
             self.metrics.record(outcome)
@@ -124,6 +155,9 @@ class Proxy:
                 f"{operation.name} takes no query parameters; the request had '?{raw_query[:100]}'",
                 reason="query",
             )
+        allowed = self.config.allowed_endpoints
+        if allowed and not any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in allowed):
+            raise AccessDenied(f"Endpoint {endpoint} is not among this gateway's allowed_endpoints")
         return parts[3], endpoint
 
     async def _forward(
@@ -137,61 +171,71 @@ class Proxy:
             outcome.variant = requested_variant
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
-        body = await _read_body(request.content, limit)
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                body = await _read_body(request.content, limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.config.body_timeout_s:g} s "
+                "(body_timeout)"
+            ) from None
         outcome.request_bytes = len(body)
-
-        credentials = self.credentials.current()
-        if credentials is None:
+        if self.credentials.current() is None:
             raise ServiceUnavailable(
-                "The gateway has no AWS credentials to sign with; nothing was forwarded",
+                "The gateway has no valid AWS credentials to sign with; nothing was forwarded",
                 reason="no_credentials",
             )
         headers.append(("Content-Length", str(len(body))))
-        path = f"/endpoints/{outcome.endpoint}/{suffix}"
-        signed = self.signer.sign(
-            credentials, datetime.now(UTC), "POST", self._host, path, headers, body
-        )
-        url = URL(self.config.upstream_url + path, encoded=True)
-        return await self._exchange(request, suffix, url, signed, body, outcome)
+        return await self._exchange(request, suffix, headers, body, outcome)
 
     async def _exchange(
         self,
         request: web.Request,
         suffix: str,
-        url: URL,
         headers: list[tuple[str, str]],
         body: bytes,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        """Send the signed request and relay the answer, all inside upstream_timeout."""
+        """Sign and send, retrying where safe, then relay the answer, all within the deadline.
+
+        For a response stream the deadline covers the wait for the answer to start; after
+        that, each part must follow the last within ``stream_idle_timeout``.
+        """
         assert self.session is not None, "the client session opens with the app"
         loop = asyncio.get_running_loop()
+        path = f"/endpoints/{outcome.endpoint}/{suffix}"
+        url = URL(self.config.upstream_url + path, encoded=True)
         sent = loop.time()
         outcome.upstream_duration_s = 0.0  # from here on, the request counts as forwarded
+        self.retry_budget.record_request()
         response: web.StreamResponse | None = None
         try:
-            async with (
-                asyncio.timeout(self.config.upstream_timeout_s),
-                self.session.post(url, headers=headers, data=body, allow_redirects=False) as up,
-            ):
-                outcome.status = up.status
-                outcome.error = _error_type(up.headers.get("x-amzn-ErrorType", ""))
-                outcome.variant = up.headers.get(VARIANT_HEADER) or outcome.variant
-                back = select_response_headers(self._response_headers[suffix], up.headers.items())
-                if up.status >= 300:
-                    payload = await up.content.read(MAX_ERROR_BODY_BYTES)
-                    outcome.model_timeout = _is_model_timeout(up.status, outcome.error, payload)
-                    outcome.response_bytes = len(payload)
-                    return web.Response(status=up.status, body=payload, headers=back)
-                response = web.StreamResponse(status=up.status, headers=back)
-                if up.content_length is not None:
-                    response.content_length = up.content_length
-                await response.prepare(request)
-                async for chunk in up.content.iter_any():
-                    outcome.response_bytes += len(chunk)
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
+            async with asyncio.timeout(self.config.upstream_timeout_s) as deadline:
+                up = await self._send(url, path, headers, body, deadline)
+                async with up:
+                    outcome.status = up.status
+                    outcome.error = _error_type(up.headers.get("x-amzn-ErrorType", ""))
+                    outcome.variant = up.headers.get(VARIANT_HEADER) or outcome.variant
+                    back = select_response_headers(
+                        self._response_headers[suffix], up.headers.items()
+                    )
+                    if up.status >= 300:
+                        payload = await up.content.read(MAX_ERROR_BODY_BYTES)
+                        outcome.model_timeout = _is_model_timeout(up.status, outcome.error, payload)
+                        outcome.response_bytes = len(payload)
+                        return web.Response(status=up.status, body=payload, headers=back)
+                    response = web.StreamResponse(status=up.status, headers=back)
+                    if up.content_length is not None:
+                        response.content_length = up.content_length
+                    await response.prepare(request)
+                    if suffix == STREAM_SUFFIX:
+                        await self._relay_stream(up, response, outcome, deadline)
+                    else:
+                        async for chunk in up.content.iter_any():
+                            outcome.response_bytes += len(chunk)
+                            await response.write(chunk)
+                    await response.write_eof()
+                    return response
         # ClientError first: aiohttp's connect timeout is both a ClientError and a TimeoutError,
         # and it means "unreachable" (503), not "too slow to answer" (504).
         except aiohttp.ClientError as exc:
@@ -211,6 +255,92 @@ class Proxy:
             raise
         finally:
             outcome.upstream_duration_s = loop.time() - sent
+
+    async def _send(
+        self,
+        url: URL,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        deadline: asyncio.Timeout,
+    ) -> aiohttp.ClientResponse:
+        """POST the signed request; retry a failed connect or throttling while budget and
+        deadline allow (a retry that could not finish in time is not started)."""
+        assert self.session is not None
+        loop = asyncio.get_running_loop()
+        retries = 0
+        while True:
+            credentials = self.credentials.current()
+            if credentials is None:
+                raise ServiceUnavailable(
+                    "The gateway's AWS credentials expired; nothing was forwarded",
+                    reason="no_credentials",
+                )
+            signed = self.signer.sign(
+                credentials, datetime.now(UTC), "POST", self._host, path, headers, body
+            )
+            delay_s = backoff_s(retries + 1)
+            deadline_at = deadline.when()
+            can_retry = retries < self.config.max_retries and (
+                deadline_at is None or loop.time() + delay_s < deadline_at
+            )
+            try:
+                up = await self.session.post(url, headers=signed, data=body, allow_redirects=False)
+            except aiohttp.ClientError as exc:
+                if not (can_retry and is_connect_failure(exc) and self.retry_budget.try_spend()):
+                    raise
+            else:
+                error_type = _error_type(up.headers.get("x-amzn-ErrorType", ""))
+                if not (
+                    can_retry
+                    and is_throttled(up.status, error_type)
+                    and self.retry_budget.try_spend()
+                ):
+                    return up
+                up.release()
+            retries += 1
+            await asyncio.sleep(delay_s)
+
+    async def _relay_stream(
+        self,
+        up: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        outcome: Outcome,
+        deadline: asyncio.Timeout,
+    ) -> None:
+        """Relay an event stream part by part as it arrives, noting errors sent inside it."""
+        loop = asyncio.get_running_loop()
+        frames: EventStreamBuffer | None = EventStreamBuffer()
+        while True:
+            deadline.reschedule(loop.time() + self.config.stream_idle_timeout_s)
+            chunk = await up.content.readany()
+            if not chunk:
+                return
+            outcome.response_bytes += len(chunk)
+            await response.write(chunk)
+            if frames is not None:
+                frames = _observe_frames(frames, chunk, outcome)
+
+
+def _observe_frames(
+    frames: EventStreamBuffer, chunk: bytes, outcome: Outcome
+) -> EventStreamBuffer | None:
+    """Note an exception event (ModelStreamError, ...) in the stream; bytes pass untouched.
+
+    botocore's own event-stream parser does the framing and CRC checks. A stream it cannot
+    parse is still relayed; it is only no longer observed (None).
+    """
+    try:
+        frames.add_data(chunk)
+        for message in frames:
+            message_headers = message.headers
+            if message_headers.get(":message-type") == "exception":
+                outcome.error = str(message_headers.get(":exception-type", "StreamException"))
+            elif message_headers.get(":message-type") == "error":
+                outcome.error = str(message_headers.get(":error-code", "StreamError"))
+    except ParserError:
+        return None
+    return frames
 
 
 async def _read_body(stream: aiohttp.StreamReader, limit: int) -> bytes:

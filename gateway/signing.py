@@ -29,6 +29,8 @@ class SigningCredentials:
     access_key: str
     secret_key: str
     token: str | None = None
+    #: When temporary credentials stop working (Unix time); None for long-lived keys.
+    expires_at: float | None = None
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback
         return f"SigningCredentials(access_key={self.access_key[:4]}…)"

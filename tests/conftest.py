@@ -14,11 +14,13 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from gateway.app import make_app
 from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
+from gateway.server import GatewayServer
 from gateway.signing import SigningCredentials
 
 ACCESS_KEY = "AKIDGATEWAYTEST"
@@ -65,30 +67,50 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def gateway_config(emulator) -> Config:
     return Config(
+        port=0,
         region=REGION,
         upstream_url=str(emulator.make_url("")).rstrip("/"),
         upstream_timeout_s=2.0,
         connect_timeout_s=1.0,
+        drain_timeout_s=5.0,
     )
 
 
+class RunningGateway:
+    """A gateway served by the production listener (GatewayServer) on a free loopback port."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.host = "127.0.0.1"
+        self.port = server.port
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://{self.host}:{self.port}{path}")
+
+
 @pytest.fixture
-def start_gateway(aiohttp_server, registry, gateway_credentials, gateway_config):
+async def start_gateway(registry, gateway_credentials, gateway_config):
     """Start a gateway on a free port; keyword arguments override its Config.
 
     The first gateway a test starts records into the ``registry`` fixture; any further one gets
     a registry of its own.
     """
     registries = [registry]
+    started: list[GatewayServer] = []
 
-    async def start(credentials: CredentialSource | None = None, **overrides):
+    async def start(credentials: CredentialSource | None = None, **overrides) -> RunningGateway:
         config = replace(gateway_config, **overrides)
         source = credentials or CredentialSource.static(gateway_credentials)
         own_registry = registries.pop() if registries else CollectorRegistry()
-        app = make_app(config, registry=own_registry, credentials=source)
-        return await aiohttp_server(app)  # TestServer cancels handlers on disconnect, as serve does
+        server = GatewayServer(make_app(config, registry=own_registry, credentials=source), config)
+        await server.start()
+        started.append(server)
+        return RunningGateway(server)
 
-    return start
+    yield start
+    for server in started:
+        await server.stop(grace_s=0)
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ async def served_gateway(emulator):
         "AWS_EC2_METADATA_DISABLED": "true",
         "SMGW_REGION": REGION,
         "SMGW_UPSTREAM_URL": str(emulator.make_url("")).rstrip("/"),
+        "SMGW_SHUTDOWN_GRACE": "0",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--port", str(port), "--upstream-timeout", "5",
