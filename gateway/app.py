@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.operations import load_operations
 from gateway.proxy import GatewayState, Proxy
 from gateway.upstream import make_client_session
+from gateway.validation import validate_framing
 
 PROXY = web.AppKey("proxy", Proxy)
 CREDENTIALS = web.AppKey("credentials", CredentialSource)
@@ -72,6 +73,7 @@ def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> web.Middl
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            validate_framing(request.raw_path, request.raw_headers)
             return await handler(request)
         except web.HTTPMethodNotAllowed as exc:
             error: GatewayError = MethodNotAllowed(
@@ -87,7 +89,10 @@ def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> web.Middl
             raise
         except Exception:
             logger.exception("unhandled_error", path=request.path[:200])
-            error = InternalFailure("The gateway failed to handle the request")
+            return error_response(
+                InternalFailure("The gateway failed to handle the request"), new_request_id()
+            )
+        request.app[METRICS].reject(error.reason)
         return error_response(error, new_request_id())
 
     return middleware

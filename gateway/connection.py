@@ -132,6 +132,8 @@ async def head_deadline_middleware(request: web.Request, handler: Handler) -> we
 
 
 def _printable(text: str, limit: int = 200) -> str:
-    """The parser's reason, reduced to printable ASCII and a bounded length."""
-    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    """The parser's reason (its first line), reduced to printable ASCII and a bounded length."""
+    # aiohttp appends the offending bytes (": b'...'"); the caller has them, the reason is enough.
+    first_line = text.strip().split("\n", 1)[0].split(": b'", 1)[0].rstrip(":")
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in first_line)
     return cleaned[:limit]

@@ -8,6 +8,7 @@ Nothing here does I/O, so the rules can be tested exhaustively on their own.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from gateway.errors import PayloadTooLarge, ValidationError
 from gateway.operations import HeaderRule, Operation
@@ -16,7 +17,28 @@ from gateway.operations import HeaderRule, Operation
 #: whatever looser rule the model states for it.
 MAX_HEADER_CHARS = 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_FIELD_BYTES = re.compile(rb"[\x20-\x7e\t]*")
 _DIGITS = re.compile(r"-?[0-9]{1,10}")
+
+
+def validate_framing(raw_target: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Refuse what no SageMaker client sends: absolute-form targets, non-ASCII header bytes.
+
+    The HTTP parser already refuses malformed framing; this catches what it lets through.
+    """
+    if not raw_target.startswith("/"):
+        raise ValidationError(
+            "The request target must be a path (origin-form); absolute-form and "
+            "asterisk-form targets are not accepted",
+            reason="bad_http",
+        )
+    for name, value in raw_headers:
+        if not (_FIELD_BYTES.fullmatch(name) and _FIELD_BYTES.fullmatch(value)):
+            shown = name.decode("ascii", "replace")[:64]
+            raise ValidationError(
+                f"Header '{shown}' must be printable US-ASCII",
+                reason="header_not_ascii",
+            )
 
 
 def validate_endpoint_name(raw_name: str, operation: Operation) -> str:

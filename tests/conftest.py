@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from aiohttp import web
 from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 from prometheus_client import CollectorRegistry
@@ -36,8 +37,31 @@ def gateway_credentials() -> SigningCredentials:
     return SigningCredentials(ACCESS_KEY, SECRET_KEY)
 
 
+class RunningEmulator:
+    """The emulator app on a loopback port, with a listen backlog sized for load tests."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self.runner = runner
+        self.app = runner.app
+        self.host = "127.0.0.1"
+        self.port = port
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://{self.host}:{self.port}{path}")
+
+
+async def start_emulator(settings: EmulatorSettings) -> RunningEmulator:
+    """Start an emulator; aiohttp's test server listens with a backlog of 128, too few for
+    300 simultaneous upstream connections, so this one is started by hand."""
+    runner = web.AppRunner(make_emulator_app(settings), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
+    await site.start()
+    return RunningEmulator(runner, runner.addresses[0][1])
+
+
 @pytest.fixture
-async def emulator(aiohttp_server):
+async def emulator():
     """The emulated SageMaker runtime, accepting only the gateway's test credentials.
 
     After the test, every request that reached it must have carried a valid signature: the
@@ -46,8 +70,9 @@ async def emulator(aiohttp_server):
     settings = EmulatorSettings(
         credentials={ACCESS_KEY: SECRET_KEY}, region=REGION, model_timeout_s=MODEL_TIMEOUT_S
     )
-    server = await aiohttp_server(make_emulator_app(settings))
+    server = await start_emulator(settings)
     yield server
+    await server.runner.cleanup()
     entries = server.app[JOURNAL]
     unverified = [(e.raw_path, e.signature_error) for e in entries if not e.signature_ok]
     assert unverified == [], "the emulator refused the gateway's signature"

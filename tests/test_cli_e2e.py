@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, run_aws_cli
+from tests.waiting import poll
 
 
 def free_port() -> int:
@@ -21,17 +22,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_healthy(url: str, deadline_s: float = 20.0) -> None:
-    """Poll /healthz until it answers 200, failing after ``deadline_s``."""
-    async with asyncio.timeout(deadline_s), aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
+async def healthy(url: str) -> bool:
+    """Whether the gateway at ``url`` answers /healthz with 200 yet."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
 
 
 @pytest.fixture
@@ -56,7 +53,7 @@ async def served_gateway(emulator):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(url)
+        await poll(lambda: healthy(url), deadline_s=20)
         yield url, process
     finally:
         if process.returncode is None:
@@ -140,3 +137,23 @@ async def test_served_gateway_logs_one_json_line_per_request_and_stops_on_sigter
     assert "secret-body-value" not in out.decode()
     assert "secret-attribute-value" not in out.decode()
     assert SECRET_KEY not in out.decode()
+
+
+async def test_sigterm_during_ten_in_flight_requests_lets_all_finish(served_gateway, journal):
+    """SIGTERM while 10 requests of 1.5 s are in flight: all 10 succeed, the process exits 0."""
+    url, process = served_gateway
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def call() -> int:
+            async with session.post(f"{url}/endpoints/slow-1500/invocations", data=b"{}") as r:
+                await r.read()
+                return r.status
+
+        calls = [asyncio.create_task(call()) for _ in range(10)]
+        await poll(lambda: len(journal) == 10)
+        process.send_signal(signal.SIGTERM)
+        statuses = await asyncio.gather(*calls)
+    async with asyncio.timeout(20):
+        await process.wait()
+    assert statuses == [200] * 10
+    assert process.returncode == 0
