@@ -67,6 +67,18 @@ def make_app(
     return app
 
 
+def make_admin_app(app: web.Application) -> web.Application:
+    """Health and metrics of ``app`` alone, for a listener that may face the pod network while
+    the signing listener stays on loopback (probes and Prometheus reach it; callers cannot)."""
+    admin = web.Application(middlewares=[error_middleware(app[PROXY].log)])
+    for key in (PROXY, CREDENTIALS, METRICS, STATE):
+        admin[key] = app[key]  # type: ignore[index]
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/metrics", metrics_view)
+    return admin
+
+
 def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> web.Middleware:
     """Shape every error the app produces outside the proxy like the service's own."""
 

@@ -49,6 +49,8 @@ class Config:
     drain_timeout_s: float = 75.0
     max_retries: int = 2
     stream_idle_timeout_s: float = 60.0
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
 
     @property
     def upstream_host(self) -> str:
@@ -109,6 +111,12 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return value
+
+
+def _optional_port(text: str) -> int | None:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    return _port(text)
 
 
 def _host(text: str) -> str:
@@ -244,6 +252,18 @@ OPTIONS = (
         "drain_timeout_s",
         _positive_float,
         "seconds in-flight requests get to finish once the listener is closed",
+    ),
+    Option(
+        "admin_port",
+        "admin_port",
+        _optional_port,
+        "a second listener with only /healthz, /readyz and /metrics (off by default)",
+    ),
+    Option(
+        "admin_host",
+        "admin_host",
+        _host,
+        "address of the admin listener; 0.0.0.0 lets probes and Prometheus reach a sidecar",
     ),
     Option(
         "stream_idle_timeout",

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from gateway.app import METRICS, STATE, make_app
+from gateway.app import METRICS, STATE, make_admin_app, make_app
 from gateway.config import Config
 from gateway.connection import GatewayRequestHandler, RefusedConnection
 from gateway.log import configure_logging
@@ -30,6 +30,12 @@ class GatewayServer:
         self.log = structlog.get_logger("gateway")
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._listener: asyncio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        if config.admin_port is not None:
+            # Serves three GET routes; aiohttp's idle deadline doubles as its head deadline.
+            self._admin = web.AppRunner(
+                make_admin_app(app), access_log=None, keepalive_timeout=config.head_timeout_s
+            )
 
     @property
     def port(self) -> int:
@@ -48,6 +54,17 @@ class GatewayServer:
             reuse_address=True,
             backlog=1024,
         )
+        if self._admin is not None:
+            await self._admin.setup()
+            admin_site = web.TCPSite(self._admin, self.config.admin_host, self.config.admin_port)
+            await admin_site.start()
+
+    @property
+    def admin_port(self) -> int | None:
+        """The admin listener's bound port, when there is one."""
+        if self._admin is None:
+            return None
+        return int(self._admin.addresses[0][1])
 
     def _new_connection(self) -> asyncio.Protocol:
         server = self._runner.server
@@ -82,8 +99,11 @@ class GatewayServer:
         if server is not None:
             server.pre_shutdown()
             await server.shutdown(self.config.drain_timeout_s)
-        # 5. Close the upstream pool and the credential refresher (the app's cleanup).
+        # 5. Close the upstream pool and the credential refresher (the app's cleanup), and
+        #    last the admin listener, which reported 503 on /readyz all along.
         await self._runner.cleanup()
+        if self._admin is not None:
+            await self._admin.cleanup()
         self.log.info("stopped")
 
 

@@ -8,135 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
-import botocore.session
 import pytest
-from aiohttp.test_utils import TestServer
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
-from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
+from gateway.emulator import JOURNAL, EmulatorSettings
 from gateway.emulator.app import STATE
 from gateway.emulator.behaviours import ENDPOINT_NAME_MAX, ENDPOINT_NAME_PATTERN
-
-ACCESS_KEY = "AKIDEMULATORTEST"
-SECRET_KEY = "emulator/test+secret"
-TEMPORARY_KEY = "ASIAEMULATORTEST"
-TEMPORARY_SECRET = "temporary-secret"
-SESSION_TOKEN = "session-token-value"
-REGION = "us-east-1"
-MODEL_TIMEOUT_S = 0.3
-SETTINGS = EmulatorSettings(
-    credentials={ACCESS_KEY: SECRET_KEY, TEMPORARY_KEY: (TEMPORARY_SECRET, SESSION_TOKEN)},
-    region=REGION,
-    model_timeout_s=MODEL_TIMEOUT_S,
-    slow_default_ms=50,
-    max_body_bytes=1024,
+from tests.emulator_client import (
+    ACCESS_KEY,
+    MODEL_TIMEOUT_S,
+    REGION,
+    SESSION_TOKEN,
+    SETTINGS,
+    TEMPORARY_KEY,
+    TEMPORARY_SECRET,
+    Answer,
+    invoke,
+    post,
+    service_shape,
+    signed_headers,
+    url,
+    wait_until,
 )
-WAIT_DEADLINE_S = 5.0
+
+pytest_plugins = ["tests.emulator_fixtures"]
+
 SESSION_ID = "X-Amzn-SageMaker-Session-Id"
-
-Start = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-def start_emulator(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Start:
-    """Start an emulator on a free port; keyword arguments go to ``make_emulator_app``."""
-
-    async def start(settings: EmulatorSettings = SETTINGS, **kwargs: object) -> TestServer:
-        return await aiohttp_server(make_emulator_app(settings, **kwargs))  # type: ignore[arg-type]
-
-    return start
-
-
-@pytest.fixture
-async def server(start_emulator: Start) -> TestServer:
-    """The emulator with the test settings."""
-    return await start_emulator()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(server: TestServer, endpoint: str, operation: str = "invocations") -> str:
-    return str(server.make_url(f"/endpoints/{endpoint}/{operation}"))
-
-
-def signed_headers(
-    target: str,
-    body: bytes,
-    headers: Mapping[str, str] | None = None,
-    *,
-    method: str = "POST",
-    access_key: str = ACCESS_KEY,
-    secret_key: str = SECRET_KEY,
-    token: str | None = None,
-) -> dict[str, str]:
-    """The headers botocore's SigV4Auth adds to a request (signing name ``sagemaker``)."""
-    request = AWSRequest(method=method, url=target, data=body, headers=dict(headers or {}))
-    SigV4Auth(Credentials(access_key, secret_key, token), "sagemaker", REGION).add_auth(request)
-    return dict(request.headers.items())
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A response, read in full."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @classmethod
-    async def read(cls, response: aiohttp.ClientResponse) -> Answer:
-        return cls(response.status, response.headers, await response.read())
-
-    @property
-    def error(self) -> tuple[int, str, Any]:
-        """(status, x-amzn-ErrorType, JSON body) of an error answer."""
-        return self.status, self.headers["x-amzn-ErrorType"], json.loads(self.body)
-
-
-async def post(
-    client: aiohttp.ClientSession, target: str, body: bytes = b"{}", **kwargs: Any
-) -> Answer:
-    """POST ``target`` and read the whole answer."""
-    async with client.post(target, data=body, **kwargs) as response:
-        return await Answer.read(response)
-
-
-async def invoke(
-    client: aiohttp.ClientSession,
-    server: TestServer,
-    endpoint: str,
-    body: bytes = b"{}",
-    headers: Mapping[str, str] | None = None,
-    **signing: str,
-) -> Answer:
-    """A botocore-signed InvokeEndpoint call."""
-    target = url(server, endpoint)
-    return await post(
-        client, target, body, headers=signed_headers(target, body, headers, **signing)
-    )
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until true, failing after a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,12 +255,6 @@ async def test_private_headers_come_back_from_echo(server, client):
     assert answer.headers["Set-Cookie"] == "emulator=1"
 
 
-def service_shape(name: str) -> Any:
-    """A shape of botocore's sagemaker-runtime service model."""
-    model = botocore.session.get_session().get_service_model("sagemaker-runtime")
-    return model.shape_for(name)
-
-
 def test_the_service_rules_the_emulator_copies_are_the_models():
     """Endpoint-name rule and default body limit equal botocore's sagemaker-runtime model."""
     name = service_shape("EndpointName").metadata
@@ -388,17 +282,6 @@ async def test_an_issued_session_id_is_accepted_and_an_unknown_one_refused(serve
     assert again.status == 200
     assert "X-Amzn-SageMaker-New-Session-Id" not in again.headers
     assert unknown.error[:2] == (400, "ValidationError")
-
-
-@pytest.mark.parametrize("operation", ["async-invocations", "invocations-response-stream"])
-async def test_operations_not_emulated_yet_are_validation_errors(server, client, operation):
-    """The async and streaming operations answer 400 ValidationError for now."""
-    target = url(server, "echo", operation)
-    status, error_type, body = (
-        await post(client, target, headers=signed_headers(target, b"{}"))
-    ).error
-    assert (status, error_type) == (400, "ValidationError")
-    assert "operation not emulated yet" in body["message"]
 
 
 async def test_an_unknown_path_is_an_unknown_operation(server, client):

@@ -280,3 +280,23 @@ async def test_forty_concurrent_5mb_bodies_are_all_forwarded(gateway, journal):
         results = await asyncio.gather(*(invoke(session, gateway, "echo", body) for _ in range(40)))
     assert results == [(200, None)] * 40
     assert [entry.body_length for entry in journal] == [5_242_880] * 40
+
+
+async def test_the_admin_listener_serves_health_and_metrics_but_never_forwards(
+    start_gateway, journal
+):
+    """With admin_port set, probes and Prometheus use the second listener; an invocation sent
+    there is a 404 and reaches nothing, while the main listener keeps forwarding."""
+    gateway = await start_gateway(admin_port=0)
+    admin_port = gateway.server.admin_port
+    assert admin_port and admin_port != gateway.port
+    for path in ("/healthz", "/readyz", "/metrics"):
+        answer = await raw_request("127.0.0.1", admin_port, build_request("GET", path, []))
+        assert answer.status == 200, path
+    invoke_there = build_request("POST", "/endpoints/echo/invocations", [], b"{}")
+    refused = await raw_request("127.0.0.1", admin_port, invoke_there)
+    assert refused.status == 404
+    assert refused.headers["x-amzn-errortype"] == "UnknownOperationException"
+    assert journal == []
+    async with unlimited_session() as session:
+        assert await invoke(session, gateway, "echo") == (200, None)

@@ -9,8 +9,10 @@ A request goes through, in order:
    region, Host and X-Amz-Date signed, X-Amz-Date within ``clock_skew_s``, session tokens), and
    appends a :class:`JournalEntry` to ``app[JOURNAL]`` whatever the outcome; a failed check
    answers 403/400 like AWS.
-3. The operation's handler, from :data:`OPERATIONS`; InvokeEndpoint hands the call to the
-   endpoint's behaviour (see :mod:`gateway.emulator.behaviours`).
+3. The operation's handler, from :data:`OPERATIONS`: the operation's own request checks
+   (InvokeEndpointAsync's headers, see :mod:`gateway.emulator.async_inference`), then the
+   endpoint's behaviour (see :mod:`gateway.emulator.behaviours`), which answers in the
+   operation's form (see :mod:`gateway.emulator.answers`).
 
 ``GET /_emulator/requests`` serves the journal as JSON and ``DELETE`` clears it, for tests that run
 the emulator in another process; these two are neither signed nor journaled.
@@ -30,13 +32,21 @@ from typing import Any
 from aiohttp import web
 
 from gateway.emulator import sigv4
-from gateway.emulator.behaviours import EmulatorState, Invocation, resolve
+from gateway.emulator.async_inference import check_async_request
+from gateway.emulator.behaviours import resolve
 from gateway.emulator.errors import (
     INTERNAL_FAILURE,
     UNKNOWN_OPERATION,
     VALIDATION_ERROR,
     EmulatorError,
     validation_error,
+)
+from gateway.emulator.invocation import (
+    INVOKE_ENDPOINT,
+    INVOKE_ENDPOINT_ASYNC,
+    INVOKE_ENDPOINT_WITH_RESPONSE_STREAM,
+    EmulatorState,
+    Invocation,
 )
 from gateway.emulator.journal import JournalEntry
 from gateway.emulator.settings import EmulatorSettings
@@ -50,6 +60,8 @@ CONTROL_PATH = "/_emulator/requests"
 
 Clock = Callable[[], datetime]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: An operation's own checks of a request, made before the endpoint is looked up.
+RequestCheck = Callable[[Invocation], None]
 
 SETTINGS = web.AppKey("emulator_settings", EmulatorSettings)
 #: Every request received, oldest first (see :class:`JournalEntry`).
@@ -84,41 +96,39 @@ def utc_now() -> datetime:
 # ---------------------------------------------------------------------------------------------
 
 
-async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
-    """InvokeEndpoint: the endpoint's behaviour answers."""
-    state = request.app[STATE]
-    context: _Context = request[_CONTEXT]
-    call = Invocation(
-        request=request,
-        endpoint=request.match_info["name"],
-        body=context.body,
-        settings=request.app[SETTINGS],
-        state=state,
-        received_at=state.clock(),
-    )
-    behaviour = resolve(call.endpoint)
-    request_id = context.request_id
-    state.pending.add(request_id)
-    try:
-        return await behaviour(call)
-    finally:
-        state.pending.discard(request_id)
-
-
-def not_emulated(operation: str) -> Handler:
-    """A handler for an operation the emulator does not answer yet."""
+def operation_handler(operation: str, check: RequestCheck | None = None) -> Handler:
+    """The handler of one runtime operation: ``check`` the request, then the endpoint answers."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        raise validation_error(f"{operation}: operation not emulated yet")
+        state = request.app[STATE]
+        context: _Context = request[_CONTEXT]
+        call = Invocation(
+            request=request,
+            operation=operation,
+            endpoint=request.match_info["name"],
+            body=context.body,
+            settings=request.app[SETTINGS],
+            state=state,
+            received_at=state.clock(),
+            request_id=context.request_id,
+        )
+        if check is not None:
+            check(call)
+        behaviour = resolve(call.endpoint, operation)
+        state.pending.add(call.request_id)
+        try:
+            return await behaviour(call)
+        finally:
+            state.pending.discard(call.request_id)
 
     return handler
 
 
 #: Path suffix after ``/endpoints/{name}/`` -> the operation's handler. Add operations here.
 OPERATIONS: Mapping[str, Handler] = {
-    "invocations": invoke_endpoint,
-    "async-invocations": not_emulated("InvokeEndpointAsync"),
-    "invocations-response-stream": not_emulated("InvokeEndpointWithResponseStream"),
+    "invocations": operation_handler(INVOKE_ENDPOINT),
+    "async-invocations": operation_handler(INVOKE_ENDPOINT_ASYNC, check_async_request),
+    "invocations-response-stream": operation_handler(INVOKE_ENDPOINT_WITH_RESPONSE_STREAM),
 }
 
 
@@ -148,6 +158,8 @@ async def aws_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error.to_response()
     except web.HTTPException as error:  # the router's 404 and 405
         return _from_http_exception(error).to_response()
+    except ConnectionResetError:
+        raise  # the client left mid-answer (a stream): nothing more can be sent
     except Exception:
         # A bug in the emulator: still answer in the service's shape, and say where it broke.
         log.exception("emulator failure on %s %s", request.method, request.path)

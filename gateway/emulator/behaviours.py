@@ -1,29 +1,49 @@
-"""Endpoint behaviours: how an InvokeEndpoint call is answered, chosen by the endpoint's name.
+"""Endpoint behaviours: how a call is answered, chosen by the endpoint's name.
 
-Each behaviour makes one of the service's answers reproducible on demand:
+Each behaviour makes one of the service's answers reproducible on demand. The operations column
+says which of InvokeEndpoint (I), InvokeEndpointWithResponseStream (S) and InvokeEndpointAsync
+(A) the endpoint answers; see :mod:`gateway.emulator.answers` for the form of each answer.
 
-| endpoint name               | answer                                                       |
-|-----------------------------|--------------------------------------------------------------|
-| ``echo``, ``echo-<any>``    | 200 with the request's body (details below)                  |
-| ``variants``                | like echo; variant ``VariantA``, ``VariantB``, ``VariantA``… |
-| ``slow``, ``slow-<N>``      | like echo, after ``slow_default_ms`` or N ms                 |
-| ``model-error``             | 424 ``ModelError``: the container answered 500               |
-| ``model-timeout``           | 424 ``ModelError`` after ``model_timeout_s``, status 0       |
-| ``throttle``                | 400 ``ThrottlingException``, body ``{"message": null}``      |
-| ``unavailable``             | 503 ``ServiceUnavailable``                                   |
-| ``reset``                   | reads the request, then a TCP reset (RST), no answer         |
-| ``hang``                    | no answer, ever                                              |
-| any other valid name        | 400 ``ValidationError`` ``Endpoint <name> of account``       |
-|                             | ``123456789012 not found.`` (the service's words)            |
-| an invalid name             | 400 ``ValidationError`` naming the ``endpointName`` rule     |
+| endpoint name               | ops   | answer                                                |
+|-----------------------------|-------|-------------------------------------------------------|
+| ``echo``, ``echo-<any>``    | I S A | 200 with the request's body (details below); A: 202   |
+| ``variants``                | I S   | like echo; variants ``VariantA``, ``VariantB`` in turn |
+| ``slow``, ``slow-<N>``      | I S   | like echo, after ``slow_default_ms`` or N ms          |
+| ``stream…``                 | I S   | the body in N parts at a set pace, maybe breaking     |
+|                             |       | midway (see :mod:`gateway.emulator.streaming`)        |
+| ``async``, ``async-<any>``  | A     | 202 (see :mod:`gateway.emulator.async_inference`)     |
+| ``explainer``               | I     | Clarify's explanations (see                           |
+|                             |       | :mod:`gateway.emulator.explainer`)                    |
+| ``multi-model``             | I     | 200 JSON ``{"target_model": <TargetModel>,``          |
+|                             |       | ``"body_sha256": <hex>}``; no TargetModel: 400        |
+| ``components``              | I S   | 200 JSON ``{"inference_component": <name>,``          |
+|                             |       | ``"body_sha256": <hex>}``; no InferenceComponentName: |
+|                             |       | 400 (body ``ErrorCode`` ``INFERENCE_COMPONENT_NAME_`` |
+|                             |       | ``MISSING`` and ``Message``, as the service sends it) |
+| ``model-error``             | I S   | 424 ``ModelError``: the container answered 500        |
+| ``model-timeout``           | I S   | 424 ``ModelError`` after ``model_timeout_s``, status 0 |
+| ``throttle``                | I S A | 400 ``ThrottlingException``, body ``{"message": null}`` |
+| ``unavailable``             | I S A | 503 ``ServiceUnavailable``                            |
+| ``reset``                   | I S A | reads the request, then a TCP reset (RST), no answer  |
+| ``hang``                    | I S A | no answer, ever                                       |
+| any other valid name        | I S A | 400 ``ValidationError`` ``Endpoint <name> of account``|
+|                             |       | ``123456789012 not found.`` (the service's words)     |
+| an invalid name             | I S A | 400 ``ValidationError`` naming the ``endpointName`` rule |
 
-echo: ``Content-Type`` is the request's (default ``application/octet-stream``);
+An endpoint called with an operation it does not answer is a 400 ``ValidationError`` (the
+emulator's wording). InvokeEndpointAsync checks its request headers before the endpoint is looked
+up (see :func:`gateway.emulator.async_inference.check_async_request`). Every error is answered
+before a stream starts, as a normal JSON error, whatever the operation.
+
+echo: ``Content-Type`` (for S: ``X-Amzn-SageMaker-Content-Type``) is the request's (default
+``application/octet-stream``); with S the body comes back as one PayloadPart.
 ``x-Amzn-Invoked-Production-Variant`` is the requested ``X-Amzn-SageMaker-Target-Variant`` or
-``AllTraffic``; ``X-Amzn-SageMaker-Custom-Attributes`` comes back when sent. A
-``X-Amzn-SageMaker-Session-Id: NEW_SESSION`` gets ``X-Amzn-SageMaker-New-Session-Id: <id>;
-Expires=<UTC, 20 minutes ahead>``; an id issued earlier and not expired is an existing session, any
-other id a 400 ``ValidationError``. Two private headers a gateway must not pass back to its caller
-are added: ``X-Emulator-Private: do-not-forward`` and ``Set-Cookie: emulator=1``.
+``AllTraffic``; ``X-Amzn-SageMaker-Custom-Attributes`` comes back when sent. Sessions (NEW_SESSION,
+joining, closing with the body ``{"close_session": true}``) are described in
+:mod:`gateway.emulator.sessions`; they apply to every 200 of I and S. Two private headers a
+gateway must not pass back to its caller are added to every success: ``X-Emulator-Private:
+do-not-forward`` and ``Set-Cookie: emulator=1``. echo ignores TargetModel, InferenceComponentName
+and EnableExplanations, so a test can send them anywhere and read them in the journal.
 
 variants: the turn-taking counter is per app and only advances on calls without a TargetVariant.
 
@@ -32,51 +52,67 @@ model-error and model-timeout: the body has the service's fields, ``ErrorCode``,
 :func:`gateway.emulator.errors.model_error`); the timeout's message is the service's "Your
 invocation timed out while waiting for a response from container primary. ..." wording.
 
+multi-model: with no TargetModel the service's "Request <request id> is missing a target model
+header." (as users have quoted it, cut short; the end is a guess).
+
 throttle: InvokeEndpoint's throttling really carries no message; SDKs print ``None``/``null``.
 
 Every wait is an ``await`` that ends early when the client goes away (the handler is cancelled) or
-when the emulator shuts down (the wait then answers 503 ``ServiceUnavailable``).
+when the emulator shuts down (the wait then answers 503 ``ServiceUnavailable``, or, once a stream
+has started, ends it with an ``InternalStreamFailure``).
 
 To add a behaviour: write ``async def my_behaviour(call: Invocation) -> web.StreamResponse`` and
-register it in ``_BY_NAME`` (or in :func:`find_behaviour` for a name pattern).
+register it in ``_BY_NAME`` with the operations it answers (or in :func:`find_endpoint` for a name
+pattern).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
+import hashlib
+import json
 import re
 import socket
 import struct
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.emulator.answers import ModelOutput, deliver
+from gateway.emulator.async_inference import accepted
 from gateway.emulator.errors import (
+    ACCOUNT_ID,
+    CLIENT_ERROR_FROM_MODEL,
+    INTERNAL_FAILURE_FROM_MODEL,
     SERVICE_UNAVAILABLE,
     THROTTLING,
+    VALIDATION_ERROR,
     EmulatorError,
     endpoint_not_found,
+    invalid_value,
     model_error,
     validation_error,
 )
-from gateway.emulator.settings import EmulatorSettings
+from gateway.emulator.explainer import explainer
+from gateway.emulator.invocation import (
+    INFERENCE_COMPONENT,
+    INVOKE_ENDPOINT,
+    INVOKE_ENDPOINT_ASYNC,
+    INVOKE_ENDPOINT_WITH_RESPONSE_STREAM,
+    TARGET_MODEL,
+    TARGET_VARIANT,
+    Behaviour,
+    EmulatorState,
+    Invocation,
+    pause,
+)
+from gateway.emulator.streaming import find_stream
+
+__all__ = ["EmulatorState", "Invocation", "find_endpoint", "resolve"]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-DEFAULT_VARIANT = "AllTraffic"
-ALTERNATING_VARIANTS = ("VariantA", "VariantB")
-SESSION_LIFETIME = timedelta(minutes=20)
-
-TARGET_VARIANT = "X-Amzn-SageMaker-Target-Variant"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-SESSION_ID = "X-Amzn-SageMaker-Session-Id"
-NEW_SESSION_ID = "X-Amzn-SageMaker-New-Session-Id"
-INVOKED_VARIANT = "x-Amzn-Invoked-Production-Variant"
-NEW_SESSION = "NEW_SESSION"
 
 # From botocore's sagemaker-runtime model (EndpointName).
 ENDPOINT_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*"
@@ -86,10 +122,6 @@ _SLOW = re.compile(r"slow-(\d{1,9})")
 
 MODEL_FAILURE_STATUS = 500
 MODEL_FAILURE_MESSAGE = "Emulated model failure: the container answered HTTP 500."
-# ModelError's ErrorCode field is not in the public service model, and no public report quoted
-# in full shows its values: these two are best guesses; the other fields follow the model.
-CLIENT_ERROR_FROM_MODEL = "CLIENT_ERROR_FROM_MODEL"
-INTERNAL_FAILURE_FROM_MODEL = "INTERNAL_FAILURE_FROM_MODEL"
 # The service's words when the container does not answer within its 60 seconds, as users have
 # reported them (it names the container ``primary``, or ``model`` on older endpoints).
 MODEL_TIMEOUT_MESSAGE = (
@@ -98,73 +130,69 @@ MODEL_TIMEOUT_MESSAGE = (
     "and try again."
 )
 UNAVAILABLE_MESSAGE = "The service is unavailable. Try your call again."
-SHUTTING_DOWN_MESSAGE = "The emulator is shutting down."
+# The service's body for an inference-component endpoint called without a component, as a
+# user's client printed it in full.
+INFERENCE_COMPONENT_NAME_MISSING = "INFERENCE_COMPONENT_NAME_MISSING"
+INFERENCE_COMPONENT_MISSING_MESSAGE = (
+    "Inference Component Name header is required for endpoints to which you plan to deploy "
+    "inference components. Please include Inference Component Name header or consider using "
+    "SageMaker models."
+)
 
-
-@dataclass
-class EmulatorState:
-    """What the behaviours of one app share; lives on the app, never in a module global."""
-
-    #: Returns the current time (aware); the signature check and sessions read it.
-    clock: Callable[[], datetime]
-    variants: Iterator[str] = field(default_factory=lambda: itertools.cycle(ALTERNATING_VARIANTS))
-    #: Session id -> expiry, for sessions this emulator issued.
-    sessions: dict[str, datetime] = field(default_factory=dict)
-    #: Request ids whose behaviour is still running (a hung call stays here until cancelled).
-    pending: set[str] = field(default_factory=set)
-    #: Set when the app shuts down, so that waits stop instead of holding the shutdown.
-    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+SYNCHRONOUS = frozenset({INVOKE_ENDPOINT, INVOKE_ENDPOINT_WITH_RESPONSE_STREAM})
+EVERY_OPERATION = SYNCHRONOUS | {INVOKE_ENDPOINT_ASYNC}
+INVOKE_ONLY = frozenset({INVOKE_ENDPOINT})
+ASYNC_ONLY = frozenset({INVOKE_ENDPOINT_ASYNC})
 
 
 @dataclass(frozen=True)
-class Invocation:
-    """One verified InvokeEndpoint call, as a behaviour sees it."""
+class Endpoint:
+    """An emulated endpoint: how it answers, and which operations it answers at all."""
 
-    request: web.Request
-    endpoint: str
-    body: bytes
-    settings: EmulatorSettings
-    state: EmulatorState
-    #: When the call was received, by the app's clock.
-    received_at: datetime
+    behaviour: Behaviour
+    operations: frozenset[str]
 
 
-Behaviour = Callable[[Invocation], Awaitable[web.StreamResponse]]
-
-
-def resolve(endpoint: str) -> Behaviour:
-    """The behaviour for an endpoint name; a ValidationError like the service's if none."""
+def resolve(endpoint: str, operation: str = INVOKE_ENDPOINT) -> Behaviour:
+    """The behaviour answering ``operation`` on an endpoint; a ValidationError like the service's
+    if the name is invalid or unknown, or the endpoint does not answer that operation."""
     if len(endpoint) > ENDPOINT_NAME_MAX:
-        raise _invalid_name(
-            endpoint, f"Member must have length less than or equal to {ENDPOINT_NAME_MAX}"
+        raise invalid_value(
+            "endpointName",
+            endpoint,
+            f"Member must have length less than or equal to {ENDPOINT_NAME_MAX}",
         )
     if not _ENDPOINT_NAME.fullmatch(endpoint):
-        raise _invalid_name(
-            endpoint, f"Member must satisfy regular expression pattern: {ENDPOINT_NAME_PATTERN}"
+        raise invalid_value(
+            "endpointName",
+            endpoint,
+            f"Member must satisfy regular expression pattern: {ENDPOINT_NAME_PATTERN}",
         )
-    behaviour = find_behaviour(endpoint)
-    if behaviour is None:
+    found = find_endpoint(endpoint)
+    if found is None:
         raise endpoint_not_found(endpoint)
-    return behaviour
+    if operation not in found.operations:
+        raise validation_error(
+            f"Endpoint {endpoint} of account {ACCOUNT_ID} does not support {operation}."
+        )
+    return found.behaviour
 
 
-def _invalid_name(endpoint: str, constraint: str) -> EmulatorError:
-    return validation_error(
-        f"1 validation error detected: Value '{endpoint}' at 'endpointName' "
-        f"failed to satisfy constraint: {constraint}"
-    )
-
-
-def find_behaviour(endpoint: str) -> Behaviour | None:
-    """The behaviour registered for a (valid) endpoint name, or None."""
+def find_endpoint(endpoint: str) -> Endpoint | None:
+    """The endpoint registered for a (valid) name, or None."""
     exact = _BY_NAME.get(endpoint)
     if exact is not None:
         return exact
     if endpoint.startswith("echo-"):
-        return echo
+        return _BY_NAME["echo"]
+    if endpoint.startswith("async-"):
+        return _BY_NAME["async"]
     slow_match = _SLOW.fullmatch(endpoint)
     if slow_match:
-        return functools.partial(slow, delay_ms=int(slow_match[1]))
+        return Endpoint(functools.partial(slow, delay_ms=int(slow_match[1])), SYNCHRONOUS)
+    streaming = find_stream(endpoint)
+    if streaming is not None:
+        return Endpoint(streaming, SYNCHRONOUS)
     return None
 
 
@@ -175,13 +203,13 @@ def find_behaviour(endpoint: str) -> Behaviour | None:
 
 async def echo(call: Invocation) -> web.StreamResponse:
     """200 with the request's body and content type, on the requested or default variant."""
-    return _model_answer(call, call.request.headers.get(TARGET_VARIANT) or DEFAULT_VARIANT)
+    return await deliver(call, _echo_output(call, call.requested_variant()))
 
 
 async def variants(call: Invocation) -> web.StreamResponse:
     """Like echo; without a TargetVariant, VariantA and VariantB take turns."""
-    requested = call.request.headers.get(TARGET_VARIANT)
-    return _model_answer(call, requested or next(call.state.variants))
+    requested = call.header(TARGET_VARIANT)
+    return await deliver(call, _echo_output(call, requested or next(call.state.variants)))
 
 
 async def slow(call: Invocation, *, delay_ms: int | None = None) -> web.StreamResponse:
@@ -189,6 +217,31 @@ async def slow(call: Invocation, *, delay_ms: int | None = None) -> web.StreamRe
     wait_ms = call.settings.slow_default_ms if delay_ms is None else delay_ms
     await pause(call, wait_ms / 1000)
     return await echo(call)
+
+
+async def async_endpoint(call: Invocation) -> web.StreamResponse:
+    """202: the request is queued (nothing is ever run)."""
+    return accepted(call)
+
+
+async def multi_model(call: Invocation) -> web.StreamResponse:
+    """The model asked for by TargetModel answers with its name; without one, a 400."""
+    target_model = call.header(TARGET_MODEL)
+    if target_model is None:
+        raise validation_error(f"Request {call.request_id} is missing a target model header.")
+    return await _json_answer(call, target_model=target_model)
+
+
+async def components(call: Invocation) -> web.StreamResponse:
+    """The inference component asked for answers with its name; without one, the service's 400."""
+    component = call.header(INFERENCE_COMPONENT)
+    if component is None:
+        body = {
+            "ErrorCode": INFERENCE_COMPONENT_NAME_MISSING,
+            "Message": INFERENCE_COMPONENT_MISSING_MESSAGE,
+        }
+        raise EmulatorError(400, VALIDATION_ERROR, INFERENCE_COMPONENT_MISSING_MESSAGE, body=body)
+    return await _json_answer(call, inference_component=component)
 
 
 async def model_failure(call: Invocation) -> web.StreamResponse:
@@ -243,16 +296,20 @@ async def hang(call: Invocation) -> web.StreamResponse:
     raise AssertionError("pause(None) returns only by raising")  # pragma: no cover
 
 
-_BY_NAME: Mapping[str, Behaviour] = {
-    "echo": echo,
-    "variants": variants,
-    "slow": slow,
-    "model-error": model_failure,
-    "model-timeout": model_timeout,
-    "throttle": throttle,
-    "unavailable": unavailable,
-    "reset": reset,
-    "hang": hang,
+_BY_NAME: Mapping[str, Endpoint] = {
+    "echo": Endpoint(echo, EVERY_OPERATION),
+    "variants": Endpoint(variants, SYNCHRONOUS),
+    "slow": Endpoint(slow, SYNCHRONOUS),
+    "async": Endpoint(async_endpoint, ASYNC_ONLY),
+    "explainer": Endpoint(explainer, INVOKE_ONLY),
+    "multi-model": Endpoint(multi_model, INVOKE_ONLY),
+    "components": Endpoint(components, SYNCHRONOUS),
+    "model-error": Endpoint(model_failure, SYNCHRONOUS),
+    "model-timeout": Endpoint(model_timeout, SYNCHRONOUS),
+    "throttle": Endpoint(throttle, EVERY_OPERATION),
+    "unavailable": Endpoint(unavailable, EVERY_OPERATION),
+    "reset": Endpoint(reset, EVERY_OPERATION),
+    "hang": Endpoint(hang, EVERY_OPERATION),
 }
 
 
@@ -261,50 +318,13 @@ _BY_NAME: Mapping[str, Behaviour] = {
 # ---------------------------------------------------------------------------------------------
 
 
-async def pause(call: Invocation, seconds: float | None) -> None:
-    """Wait ``seconds`` (None: forever); cancelled with the handler when the client goes away.
-
-    If the emulator shuts down first, the wait ends with a 503, so that a hung call does not hold
-    the shutdown for the server's whole grace period.
-    """
-    try:
-        async with asyncio.timeout(seconds):
-            await call.state.shutting_down.wait()
-    except TimeoutError:
-        return
-    raise EmulatorError(503, SERVICE_UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+def _echo_output(call: Invocation, variant: str) -> ModelOutput:
+    content_type = call.header("Content-Type") or DEFAULT_CONTENT_TYPE
+    return ModelOutput(content_type=content_type, variant=variant, parts=[call.body])
 
 
-def _model_answer(call: Invocation, variant: str) -> web.Response:
-    headers = {
-        "Content-Type": call.request.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
-        INVOKED_VARIANT: variant,
-        **_session_headers(call),
-        # What a model container might add; a gateway must not pass these back to its caller.
-        "X-Emulator-Private": "do-not-forward",
-        "Set-Cookie": "emulator=1",
-    }
-    custom_attributes = call.request.headers.get(CUSTOM_ATTRIBUTES)
-    if custom_attributes is not None:
-        headers[CUSTOM_ATTRIBUTES] = custom_attributes
-    return web.Response(body=call.body, headers=headers)
-
-
-def _session_headers(call: Invocation) -> dict[str, str]:
-    requested = call.request.headers.get(SESSION_ID)
-    if requested is None:
-        return {}
-    sessions = call.state.sessions
-    now = call.received_at
-    for expired in [key for key, expires in sessions.items() if expires <= now]:
-        del sessions[expired]
-    if requested == NEW_SESSION:
-        session_id = str(uuid.uuid4())
-        expires = now + SESSION_LIFETIME
-        sessions[session_id] = expires
-        return {
-            NEW_SESSION_ID: f"{session_id}; Expires={expires.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
-        }
-    if requested not in sessions:
-        raise validation_error(f"Session {requested} was not found or has expired.")
-    return {}
+async def _json_answer(call: Invocation, **fields: str) -> web.StreamResponse:
+    # What a routed-to model answers: who it is, and a digest proving the body reached it whole.
+    answer = {**fields, "body_sha256": hashlib.sha256(call.body).hexdigest()}
+    body = json.dumps(answer).encode()
+    return await deliver(call, ModelOutput("application/json", call.requested_variant(), [body]))

@@ -22,6 +22,11 @@ SERVICE_UNAVAILABLE = "ServiceUnavailable"
 UNKNOWN_OPERATION = "UnknownOperationException"
 INTERNAL_FAILURE = "InternalFailure"
 
+# ModelError's ErrorCode field is not in the public service model, and no public report quoted
+# in full shows its values: these two are best guesses; the other fields follow the model.
+CLIENT_ERROR_FROM_MODEL = "CLIENT_ERROR_FROM_MODEL"
+INTERNAL_FAILURE_FROM_MODEL = "INTERNAL_FAILURE_FROM_MODEL"
+
 
 class EmulatorError(Exception):
     """An AWS-shaped error answer: status, ErrorType and body (``{"message": ...}`` by default)."""
@@ -54,6 +59,19 @@ class EmulatorError(Exception):
 def validation_error(message: str, *, status: int = 400) -> EmulatorError:
     """A ``ValidationError`` (400, or 413 for an oversized body)."""
     return EmulatorError(status, VALIDATION_ERROR, message)
+
+
+def invalid_value(member: str, value: str | None, constraint: str) -> EmulatorError:
+    """The service's ValidationError for one member that breaks one constraint of its model.
+
+    ``member`` is the API member in lowerCamelCase, as the service names it (``endpointName``);
+    a missing value reads ``Value null``.
+    """
+    shown = "null" if value is None else f"'{value}'"
+    return validation_error(
+        f"1 validation error detected: Value {shown} at '{member}' "
+        f"failed to satisfy constraint: {constraint}"
+    )
 
 
 def endpoint_not_found(name: str) -> EmulatorError:

@@ -1,4 +1,4 @@
-"""The emulator's settings: which keys it trusts, its region, and how long its slow answers take."""
+"""The emulator's settings: which keys it trusts, its region, and the pace of its slow answers."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ class EmulatorSettings:
     model_timeout_s: float = 60.0
     #: How long ``slow`` waits; ``slow-<N>`` waits N ms instead.
     slow_default_ms: int = 300
+    #: How many parts ``stream`` sends, and how long it waits between them; ``stream-<N>-<ms>``
+    #: says both in its name instead.
+    stream_parts: int = 5
+    stream_part_interval_ms: int = 100
     max_body_bytes: int = SERVICE_MAX_BODY_BYTES
     #: How far X-Amz-Date may be from the emulator's clock (AWS allows five minutes).
     clock_skew_s: float = 300.0
@@ -44,7 +48,13 @@ class EmulatorSettings:
                 )
         if not self.region:
             raise ValueError("region: must not be empty")
-        for name in ("model_timeout_s", "slow_default_ms", "clock_skew_s"):
+        for name in (
+            "model_timeout_s",
+            "slow_default_ms",
+            "stream_parts",
+            "stream_part_interval_ms",
+            "clock_skew_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative")
         if self.max_body_bytes <= 0:
