@@ -24,6 +24,8 @@ from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
 from gateway.server import GatewayServer
 from gateway.signing import SigningCredentials
 
+pytest_plugins = ["tests.emulator_fixtures"]  # the emulator-only tests' fixtures
+
 ACCESS_KEY = "AKIDGATEWAYTEST"
 SECRET_KEY = "gateway/test+secret"
 REGION = "us-east-1"

@@ -34,8 +34,6 @@ from tests.emulator_client import (
     wait_until,
 )
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 SESSION_ID = "X-Amzn-SageMaker-Session-Id"
 
 

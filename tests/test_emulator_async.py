@@ -22,8 +22,6 @@ from tests.emulator_client import (
     service_shape,
 )
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 INPUT = {"X-Amzn-SageMaker-InputLocation": "s3://inputs/request-1.json"}
 BASE = "s3://sagemaker-us-east-1-123456789012/async-inference"
 

@@ -13,8 +13,6 @@ import pytest
 
 from tests.emulator_client import emulator_runtime_client, invoke
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 CSV = {"Content-Type": "text/csv", "Accept": "text/csv"}
 ENABLE = "X-Amzn-SageMaker-Enable-Explanations"
 

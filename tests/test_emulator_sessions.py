@@ -16,8 +16,6 @@ from tests.emulator_client import (
     read_stream,
 )
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 SESSION_ID = "X-Amzn-SageMaker-Session-Id"
 CLOSE = b'{"close_session": true}'
 

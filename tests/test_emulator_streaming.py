@@ -28,8 +28,6 @@ from tests.emulator_client import (
     wait_until,
 )
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 BODY = b"The quick brown fox jumps over the lazy dog."
 EVENT_HEADERS = {
     ":event-type": "PayloadPart",

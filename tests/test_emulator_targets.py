@@ -22,8 +22,6 @@ from tests.emulator_client import (
     read_stream,
 )
 
-pytest_plugins = ["tests.emulator_fixtures"]
-
 BODY = b'{"inputs": "hello"}'
 DIGEST = hashlib.sha256(BODY).hexdigest()
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
