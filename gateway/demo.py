@@ -11,6 +11,7 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import botocore.session
 from aiohttp import web
@@ -24,11 +25,13 @@ from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import EmulatorSettings, make_emulator_app
 from gateway.log import configure_logging
+from gateway.server import GatewayServer
 from gateway.signing import SigningCredentials
 
 DEMO_ACCESS_KEY = "AKIDDEMO"
 DEMO_SECRET_KEY = "demo-secret-key"
 DEMO_REGION = "us-east-1"
+STREAM_PARTS = 5
 
 #: (what it shows, endpoint, invoke_endpoint parameters)
 CALLS: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -62,7 +65,7 @@ def run_demo() -> int:
 
 
 async def _demo() -> int:
-    emulator_port, gateway_port = _free_port(), _free_port()
+    emulator_port = _free_port()
     emulator = make_emulator_app(
         EmulatorSettings(
             credentials={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
@@ -71,7 +74,7 @@ async def _demo() -> int:
         )
     )
     config = Config(
-        port=gateway_port,
+        port=0,
         region=DEMO_REGION,
         upstream_url=f"http://127.0.0.1:{emulator_port}",
         upstream_timeout_s=5.0,
@@ -80,34 +83,59 @@ async def _demo() -> int:
     credentials = CredentialSource.static(SigningCredentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY))
     gateway = make_app(config, registry=registry, credentials=credentials)
 
-    runners = []
+    emulator_runner = web.AppRunner(emulator, access_log=None, handler_cancellation=True)
+    await emulator_runner.setup()
+    await web.TCPSite(emulator_runner, "127.0.0.1", emulator_port).start()
+    server = GatewayServer(gateway, config)
+    await server.start()
+    gateway_url = f"http://127.0.0.1:{server.port}"
     try:
-        for app, port in ((emulator, emulator_port), (gateway, gateway_port)):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            runners.append(runner)
         print(f"emulator (plays SageMaker, checks signatures): http://127.0.0.1:{emulator_port}")
-        print(f"gateway  (unsigned in, SigV4 out):             http://127.0.0.1:{gateway_port}\n")
-        rows = await asyncio.to_thread(_invoke_all, f"http://127.0.0.1:{gateway_port}")
+        print(f"gateway  (unsigned in, SigV4 out):             {gateway_url}\n")
+        rows = await asyncio.to_thread(_invoke_all, gateway_url)
+        print(_table(rows))
+        print("\nA response stream (InvokeEndpointWithResponseStream), printed part by part:")
+        parts = await asyncio.to_thread(_stream, gateway_url)
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-    print(_table(rows))
+        await server.stop(grace_s=0)
+        await emulator_runner.cleanup()
     print()
     print(_per_variant_summary(registry))
     expected = (200, 200, 200, 200, 200, 424, 424, 400, 400, 400)
-    return 0 if tuple(row.status for row in rows) == expected else 1
+    ok = tuple(row.status for row in rows) == expected and parts == STREAM_PARTS
+    return 0 if ok else 1
 
 
-def _invoke_all(gateway_url: str) -> list[Row]:
-    """Make every demo call with an unsigned botocore client, as a service would."""
-    client = botocore.session.get_session().create_client(
+def _client(gateway_url: str) -> Any:
+    """An unsigned botocore client for the gateway, as a service team would make one."""
+    return botocore.session.get_session().create_client(
         "sagemaker-runtime",
         region_name=DEMO_REGION,
         endpoint_url=gateway_url,
         config=BotoConfig(signature_version=UNSIGNED, retries={"total_max_attempts": 1}),
     )
+
+
+def _stream(gateway_url: str) -> int:
+    """Stream from an endpoint that emits a part every 300 ms; print each as it arrives."""
+    started = time.perf_counter()
+    response = _client(gateway_url).invoke_endpoint_with_response_stream(
+        EndpointName=f"stream-{STREAM_PARTS}-300",
+        Body=b"Parts of an answer arrive as the model writes them.",
+        ContentType="text/plain",
+    )
+    count = 0
+    for event in response["Body"]:
+        if "PayloadPart" in event:
+            count += 1
+            text = event["PayloadPart"]["Bytes"].decode()
+            print(f"  {(time.perf_counter() - started) * 1000:7.1f} ms  part {count}: {text!r}")
+    return count
+
+
+def _invoke_all(gateway_url: str) -> list[Row]:
+    """Make every demo call with an unsigned botocore client, as a service would."""
+    client = _client(gateway_url)
     rows = []
     for what, endpoint, params in CALLS:
         started = time.perf_counter()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import boto3
+import botocore.loaders
 import pytest
 from aiohttp import web
 from botocore import UNSIGNED
@@ -32,6 +35,10 @@ REGION = "us-east-1"
 #: How long the emulator's model-timeout endpoint takes in tests (the real limit is 60 s).
 MODEL_TIMEOUT_S = 0.3
 AWS_CLI = str(Path(sys.executable).with_name("aws"))
+#: Version 1 of the CLI (PyPI) does not offer the event-stream operations; version 2 is
+#: Debian's package (installed by `make test`), taught today's service model with its own
+#: `aws configure add-model`, since Debian's 2.9 predates InvokeEndpointWithResponseStream.
+AWS_CLI_V2 = "/usr/bin/aws"
 
 
 @pytest.fixture
@@ -173,19 +180,37 @@ def runtime_client(gateway_url) -> Callable[..., object]:
     return lambda signed_with=None: make_runtime_client(gateway_url, signed_with)
 
 
-async def run_aws_cli(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+async def run_aws_cli(
+    *args: str, timeout_s: float = 60.0, cli: str = AWS_CLI, home: str | None = None
+) -> tuple[int, str, str]:
     """Run the real AWS CLI with no credentials around it; return (code, stdout, stderr)."""
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
+        "HOME": home or os.environ.get("HOME", "/tmp"),
         "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_MAX_ATTEMPTS": "1",
     }
     process = await asyncio.create_subprocess_exec(
-        AWS_CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        cli, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     async with asyncio.timeout(timeout_s):
         out, err = await process.communicate()
     return process.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.fixture(scope="session")
+def aws_cli_v2_home(tmp_path_factory) -> str:
+    """A HOME in which Debian's AWS CLI v2 knows the current sagemaker-runtime model."""
+    home = tmp_path_factory.mktemp("aws-cli-v2")
+    model = home / "sagemaker-runtime.json"
+    loader = botocore.loaders.Loader()
+    model.write_text(json.dumps(loader.load_service_model("sagemaker-runtime", "service-2")))
+    subprocess.run(
+        [AWS_CLI_V2, "configure", "add-model", "--service-name", "sagemaker-runtime",
+         "--service-model", f"file://{model}"],
+        env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
+        check=True, timeout=60, capture_output=True,
+    )  # fmt: skip
+    return str(home)
