@@ -19,15 +19,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Debian's prometheus (server, promtool) and awscli (CLI v2) packages, which the tests drive.
 test: $(STAMP)
+	bash scripts/ensure-test-tools.sh
 	$(BIN)/pytest
 
 demo: $(STAMP)
 	$(BIN)/sagemaker-gateway demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 
 format: $(STAMP)
 	$(BIN)/ruff format gateway tests
@@ -35,3 +37,20 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# --- Deploy: the container image and the Kubernetes manifests (deploy/README.md) ---------------
+.PHONY: deploy-check image-test
+
+# Render both kustomize overlays, validate every object against the Kubernetes 1.30 schemas
+# (strict), promtool the alert rules, check the dependency lock, hadolint the Dockerfile. Seconds.
+deploy-check: $(STAMP)
+	VENV_BIN=$(CURDIR)/$(BIN) bash deploy/scripts/deploy-check.sh
+
+# Build the Dockerfile with podman on a locally bootstrapped stand-in for its base image, run it
+# against the emulator and check health, one signed invocation, non-root, SIGTERM. A few minutes.
+image-test: $(STAMP)
+	VENV_BIN=$(CURDIR)/$(BIN) bash deploy/scripts/image-test.sh
+
+.PHONY: soak
+soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
+	$(BIN)/python bench/soak.py --duration $${SOAK_SECONDS:-180}

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 EMULATOR_KEY = ("AKIDEMULATOR", "emulator-secret-key")  # the emulator's default credentials

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from processes import emulator_and_gateway, proc_status  # noqa: E402
+from processes import emulator_and_gateway, proc_status
 
 MIX = ["echo"] * 12 + ["slow-50", "variants", "model-error", "throttle", "unavailable", "reset",
                        "hang", "bad_name"]  # fmt: skip

@@ -48,7 +48,7 @@ def make_app(
     credentials = credentials or CredentialSource(
         botocore_resolver(), check_interval_s=config.credential_check_interval_s
     )
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, component_label=config.inference_component_label)
     state = GatewayState()
     proxy = Proxy(config, load_operations(), credentials, metrics, logger, state)
 

@@ -51,6 +51,7 @@ class Config:
     stream_idle_timeout_s: float = 60.0
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
+    inference_component_label: bool = False
 
     @property
     def upstream_host(self) -> str:
@@ -117,6 +118,15 @@ def _optional_port(text: str) -> int | None:
     if text.strip().lower() in ("", "off", "none"):
         return None
     return _port(text)
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _host(text: str) -> str:
@@ -252,6 +262,12 @@ OPTIONS = (
         "drain_timeout_s",
         _positive_float,
         "seconds in-flight requests get to finish once the listener is closed",
+    ),
+    Option(
+        "inference_component_label",
+        "inference_component_label",
+        _boolean,
+        "add the inference component as a metric label (off: one series per component)",
     ),
     Option(
         "admin_port",

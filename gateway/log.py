@@ -40,6 +40,7 @@ def access_fields(outcome: Outcome) -> dict[str, Any]:
     )
     return {
         "request_id": outcome.request_id,
+        "upstream_request_id": outcome.upstream_request_id,
         "endpoint": outcome.endpoint,
         "variant": outcome.variant,
         "operation": outcome.operation,

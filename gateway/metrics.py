@@ -7,6 +7,7 @@ sending made-up names. Requests refused before forwarding are also counted by re
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -42,14 +43,22 @@ class Outcome:
     request_bytes: int = 0
     response_bytes: int = 0
     model_timeout: bool = False
+    #: SageMaker's x-amzn-RequestId for a forwarded call: the id its caller got back.
+    upstream_request_id: str | None = None
+    #: The validated InferenceComponentName, "" when none (a label only when opted in).
+    inference_component: str = ""
 
 
 class Metrics:
     """The gateway's metric families, created on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, component_label: bool = False) -> None:
         self.registry = registry
-        per_variant = ("endpoint", "variant", "operation")
+        # The inference component is an opt-in label: an endpoint may host hundreds of them.
+        self.component_label = component_label
+        per_variant: tuple[str, ...] = ("endpoint", "variant", "operation")
+        if component_label:
+            per_variant = (*per_variant, "inference_component")
         self.requests = Counter(
             PREFIX + "requests",
             "Requests with a valid endpoint name, by outcome",
@@ -105,6 +114,11 @@ class Metrics:
         Info(PREFIX + "build", "The running gateway's version", registry=registry).info(
             {"version": __version__}
         )
+        Gauge(
+            PREFIX + "event_loop_tasks",
+            "asyncio tasks alive in the gateway's event loop (a leak shows as steady growth)",
+            registry=registry,
+        ).set_function(_event_loop_tasks)
 
     def reject(self, reason: str) -> None:
         """Count a request refused before forwarding."""
@@ -112,7 +126,9 @@ class Metrics:
 
     def record(self, outcome: Outcome) -> None:
         """Count one finished request with a valid endpoint name."""
-        labels = (outcome.endpoint, outcome.variant, outcome.operation)
+        labels: tuple[str, ...] = (outcome.endpoint, outcome.variant, outcome.operation)
+        if self.component_label:
+            labels = (*labels, outcome.inference_component)
         self.requests.labels(*labels, str(outcome.status), outcome.error).inc()
         self.request_duration.labels(*labels).observe(outcome.duration_s)
         if outcome.upstream_duration_s is not None:
@@ -123,3 +139,11 @@ class Metrics:
         self.response_size.labels(outcome.endpoint, outcome.operation).observe(
             outcome.response_bytes
         )
+
+
+def _event_loop_tasks() -> float:
+    """Tasks of the running loop; 0 when read outside one (no loop, no tasks to leak)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0

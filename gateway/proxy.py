@@ -49,6 +49,7 @@ from gateway.validation import (
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
+COMPONENT_HEADER = "x-amzn-sagemaker-inference-component"
 STREAM_SUFFIX = "invocations-response-stream"
 #: Error bodies are read whole (to recognise a model timeout); this bounds what we hold.
 MAX_ERROR_BODY_BYTES = 1 << 20
@@ -126,6 +127,11 @@ class Proxy:
                 # may never finish sending, holding the connection through a drain.
                 response.force_close()
             return response
+        except asyncio.CancelledError:
+            # The caller went away (aiohttp cancels the handler): nginx's 499, so the request
+            # is not counted as a success with no status.
+            outcome.status, outcome.error = 499, "ClientClosedRequest"
+            raise
         finally:
             self.state.in_flight -= 1
             in_flight.dec()
@@ -169,6 +175,9 @@ class Proxy:
         )
         if requested_variant:
             outcome.variant = requested_variant
+        outcome.inference_component = next(
+            (value for name, value in headers if name.lower() == COMPONENT_HEADER), ""
+        )
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
         try:
@@ -216,6 +225,7 @@ class Proxy:
                     outcome.status = up.status
                     outcome.error = _error_type(up.headers.get("x-amzn-ErrorType", ""))
                     outcome.variant = up.headers.get(VARIANT_HEADER) or outcome.variant
+                    outcome.upstream_request_id = up.headers.get("x-amzn-RequestId")
                     back = select_response_headers(
                         self._response_headers[suffix], up.headers.items()
                     )

@@ -1,0 +1,198 @@
+"""The access log of DESIGN section 6: one structlog line per request, and never a secret.
+
+Lines are captured with ``structlog.testing.capture_logs`` while real requests go through the
+running gateway to the emulator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from gateway.log import access_fields, configure_logging
+from gateway.metrics import Outcome
+from tests.conftest import ACCESS_KEY, SECRET_KEY
+
+#: The fields of every access line for a request whose endpoint name was valid.
+ACCESS_FIELDS = {
+    "request_id", "upstream_request_id", "endpoint", "variant", "operation", "status", "error",
+    "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
+}  # fmt: skip
+BAD_ENDPOINT = "Bad_Endpoint_Name_7f3c"
+
+# Distinctive values a caller sends; none may appear in any log line.
+BODY = b'{"inputs": "BODY-SECRET-6b1d", "card": "4111-1111-1111-1111"}'
+CUSTOM_ATTRIBUTES = "tenant=CUSTOM-ATTR-SECRET-93ac"
+OVERSIZED_ATTRIBUTES = "OVERSIZED-ATTR-SECRET-" + "x" * 1010
+CALLER_ACCESS_KEY = "AKIDCALLERSECRET0042"
+CALLER_SIGNATURE = "c0ffee" * 10 + "abcd"
+CALLER_HEADERS = {
+    "Authorization": (
+        f"AWS4-HMAC-SHA256 Credential={CALLER_ACCESS_KEY}/20240101/us-east-1/sagemaker/"
+        f"aws4_request, SignedHeaders=host;x-amz-date, Signature={CALLER_SIGNATURE}"
+    ),
+    "X-Amz-Security-Token": "CALLER-SESSION-TOKEN-SECRET-5e7f",
+    "Cookie": "session=COOKIE-SECRET-0a9b",
+    "Proxy-Authorization": "Basic UFJPWFktU0VDUkVULTEyMzQ=",
+}
+
+
+async def post(gateway, endpoint: str, *, body: bytes = b"{}", headers=None):
+    """POST through the gateway; (status, response headers, response body)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.make_url(f"/endpoints/{endpoint}/invocations"), data=body, headers=headers
+        ) as response,
+    ):
+        return response.status, response.headers, await response.read()
+
+
+def access_lines(logs: list[dict]) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "request"]
+
+
+async def test_each_request_writes_one_access_line_with_its_fields(gateway):
+    """Four requests, four lines: ids, endpoint, variant, operation, status, error, times, sizes."""
+    with capture_logs() as logs:
+        ok = await post(gateway, "echo", body=b'{"x": 12345}')
+        await post(gateway, "variants")
+        timed_out = await post(gateway, "model-timeout")
+        refused = await post(
+            gateway, "echo", headers={"X-Amzn-SageMaker-Custom-Attributes": "a" * 1025}
+        )
+
+    lines = access_lines(logs)
+    assert [(line["endpoint"], line["status"]) for line in lines] == [
+        ("echo", 200), ("variants", 200), ("model-timeout", 424), ("echo", 400),
+    ]  # fmt: skip
+    for line in lines:
+        assert set(line) == ACCESS_FIELDS | {"event", "log_level"}
+        assert line["log_level"] == "info"
+        assert line["operation"] == "InvokeEndpoint"
+    echo, variants, model_timeout, header = lines
+    assert (echo["variant"], echo["error"], echo["model_timeout"]) == ("AllTraffic", "", False)
+    assert echo["request_bytes"] == echo["response_bytes"] == len(ok[2]) == 12
+    assert 0 <= echo["upstream_ms"] <= echo["duration_ms"]
+    assert variants["variant"] == "VariantA"
+    assert (model_timeout["error"], model_timeout["model_timeout"]) == ("ModelError", True)
+    assert model_timeout["response_bytes"] == len(timed_out[2])
+    assert model_timeout["upstream_ms"] >= 300  # the emulator's model timeout, 0.3 s
+    assert (header["error"], header["variant"], header["upstream_ms"]) == (
+        "ValidationError", "unknown", None,
+    )  # fmt: skip
+    assert header["request_id"] == refused[1]["x-amzn-RequestId"]
+    assert len({line["request_id"] for line in lines}) == 4
+
+
+async def test_a_forwarded_calls_line_carries_the_request_id_its_caller_saw(gateway):
+    """The x-amzn-RequestId a caller got back (SageMaker's) is in that call's access line."""
+    with capture_logs() as logs:
+        _, headers, _ = await post(gateway, "echo")
+    (line,) = access_lines(logs)
+    assert line["upstream_request_id"] == headers["x-amzn-RequestId"]
+
+
+async def test_a_request_refused_before_routing_writes_one_line_without_the_name(gateway):
+    """A bad endpoint name: one line with the request id the caller got, and not the name."""
+    with capture_logs() as logs:
+        status, headers, _ = await post(gateway, BAD_ENDPOINT)
+    (line,) = access_lines(logs)
+    assert status == 400
+    assert line["request_id"] == headers["x-amzn-RequestId"]
+    assert (line["status"], line["error"], line["reason"]) == (
+        400,
+        "ValidationError",
+        "endpoint_name",
+    )
+    assert BAD_ENDPOINT not in repr(logs)
+
+
+async def test_no_body_credential_signature_or_custom_attribute_is_ever_logged(gateway, journal):
+    """Distinctive bodies, keys, signatures, tokens, cookies and attributes appear in no line."""
+    with capture_logs() as logs:
+        await post(
+            gateway,
+            "echo",
+            body=BODY,
+            headers={**CALLER_HEADERS, "X-Amzn-SageMaker-Custom-Attributes": CUSTOM_ATTRIBUTES},
+        )
+        await post(gateway, "model-error", body=BODY, headers=CALLER_HEADERS)
+        await post(
+            gateway,
+            "echo",
+            body=BODY,
+            headers={"X-Amzn-SageMaker-Custom-Attributes": OVERSIZED_ATTRIBUTES},
+        )
+        await post(gateway, BAD_ENDPOINT, body=BODY, headers=CALLER_HEADERS)
+
+    assert len(access_lines(logs)) == 4
+    gateway_signatures = [
+        value.rpartition("Signature=")[2]
+        for entry in journal
+        for name, value in entry.headers
+        if name.lower() == "authorization"
+    ]
+    assert len(gateway_signatures) == 2  # the two forwarded calls
+    secrets = [
+        "BODY-SECRET-6b1d",
+        "4111-1111-1111-1111",
+        "CUSTOM-ATTR-SECRET-93ac",
+        "OVERSIZED-ATTR-SECRET",
+        CALLER_ACCESS_KEY,
+        CALLER_SIGNATURE,
+        "CALLER-SESSION-TOKEN-SECRET-5e7f",
+        "COOKIE-SECRET-0a9b",
+        "UFJPWFktU0VDUkVULTEyMzQ=",
+        ACCESS_KEY,
+        SECRET_KEY,
+        "Emulated model failure",  # the ModelError's body, as SageMaker sent it
+        *gateway_signatures,
+    ]
+    for entry in logs:
+        text = repr(entry)
+        leaked = [secret for secret in secrets if secret in text]
+        assert leaked == [], f"{leaked} in {text}"
+
+
+@pytest.fixture
+def json_stdout(monkeypatch) -> Iterator[io.StringIO]:
+    """configure_logging("info") writing to a buffer; the previous configuration put back after."""
+    saved = structlog.get_config()
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buffer)
+    configure_logging("info")
+    yield buffer
+    structlog.configure(**saved)
+
+
+def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout):
+    """With configure_logging, an access line is one JSON object with a level and a UTC time."""
+    outcome = Outcome(
+        request_id="r-1", operation="InvokeEndpoint", endpoint="echo", variant="VariantA",
+        status=424, error="ModelError", duration_s=0.0123456, upstream_duration_s=0.01,
+        request_bytes=10, response_bytes=812, model_timeout=True,
+    )  # fmt: skip
+    logger = structlog.get_logger("gateway.test")
+    logger.debug("request", **access_fields(outcome))  # below the level: not written
+    logger.info("request", **access_fields(outcome))
+
+    (line,) = json_stdout.getvalue().splitlines()
+    access = json.loads(line)
+    assert set(access) == ACCESS_FIELDS | {"event", "level", "timestamp"}
+    assert access["timestamp"].endswith("Z")
+    del access["timestamp"]
+    assert access == {
+        "event": "request", "level": "info", "request_id": "r-1", "upstream_request_id": None,
+        "endpoint": "echo",
+        "variant": "VariantA", "operation": "InvokeEndpoint", "status": 424,
+        "error": "ModelError", "duration_ms": 12.346, "upstream_ms": 10.0, "request_bytes": 10,
+        "response_bytes": 812, "model_timeout": True,
+    }  # fmt: skip
