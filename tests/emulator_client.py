@@ -24,6 +24,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 
 from gateway.emulator import EmulatorSettings
 from tests.conftest import make_runtime_client
+from tests.waiting import poll
 
 ACCESS_KEY = "AKIDEMULATORTEST"
 SECRET_KEY = "emulator/test+secret"
@@ -191,12 +192,11 @@ def emulator_runtime_client(server: TestServer) -> Any:
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until true, failing after a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
+    """Poll ``condition`` until true, failing with ``what`` after a deadline."""
+    try:
+        await poll(condition, deadline_s=WAIT_DEADLINE_S, interval_s=0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {what}") from None
 
 
 def service_model() -> Any:

@@ -88,13 +88,18 @@ async def test_aws_cli_invoke_endpoint_through_the_served_gateway(
     assert journal[-1].signature_ok
 
 
+async def cli_invoke(url: str, endpoint: str, outfile: str) -> tuple[int, str, str]:
+    """`aws sagemaker-runtime invoke-endpoint` of ``endpoint`` through the gateway, unsigned."""
+    return await run_aws_cli(
+        "sagemaker-runtime", "invoke-endpoint", "--endpoint-name", endpoint, "--body", "e30=",
+        "--endpoint-url", url, "--region", REGION, "--no-sign-request", outfile,
+    )  # fmt: skip
+
+
 async def test_aws_cli_sees_a_validation_error_for_a_bad_name(served_gateway, journal, tmp_path):
     """The CLI reports the gateway's refusal as the service's ValidationError."""
     url, _ = served_gateway
-    code, _, err = await run_aws_cli(
-        "sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "bad_name", "--body", "e30=",
-        "--endpoint-url", url, "--region", REGION, "--no-sign-request", str(tmp_path / "out"),
-    )  # fmt: skip
+    code, _, err = await cli_invoke(url, "bad_name", str(tmp_path / "out"))
     assert code != 0
     assert "ValidationError" in err
     assert "endpointName" in err
@@ -104,10 +109,7 @@ async def test_aws_cli_sees_a_validation_error_for_a_bad_name(served_gateway, jo
 async def test_aws_cli_sees_model_error(served_gateway, tmp_path):
     """A model failure reaches the CLI as ModelError (status 424)."""
     url, _ = served_gateway
-    code, _, err = await run_aws_cli(
-        "sagemaker-runtime", "invoke-endpoint", "--endpoint-name", "model-error", "--body", "e30=",
-        "--endpoint-url", url, "--region", REGION, "--no-sign-request", str(tmp_path / "out"),
-    )  # fmt: skip
+    code, _, err = await cli_invoke(url, "model-error", str(tmp_path / "out"))
     assert code != 0
     assert "ModelError" in err
 

@@ -99,12 +99,7 @@ def test_a_custom_attributes_value_passes_only_if_printable_ascii_and_short(valu
 )
 def test_invoke_endpoint_header_rules(header, value, ok):
     """Each header's own limits from the model, on top of 1024 printable ASCII characters."""
-    rule = INVOKE.request_headers[header]
-    if ok:
-        assert validate_header(rule, value) == value
-    else:
-        with pytest.raises(ValidationError, match=rule.wire_name):
-            validate_header(rule, value)
+    check_rule(INVOKE.request_headers[header], value, ok)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +118,11 @@ def test_invoke_endpoint_header_rules(header, value, ok):
 )
 def test_async_header_rules(header, value, ok):
     """Integer ranges and the InputLocation scheme of InvokeEndpointAsync."""
-    rule = ASYNC.request_headers[header]
+    check_rule(ASYNC.request_headers[header], value, ok)
+
+
+def check_rule(rule, value: str, ok: bool) -> None:
+    """``value`` passes ``rule`` unchanged, or is refused with an error naming the header."""
     if ok:
         assert validate_header(rule, value) == value
     else:
