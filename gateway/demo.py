@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import make_app
 from gateway.config import Config
@@ -96,11 +98,12 @@ async def _demo() -> int:
         print(_table(rows))
         print("\nA response stream (InvokeEndpointWithResponseStream), printed part by part:")
         parts = await asyncio.to_thread(_stream, gateway_url)
+        exposition = await asyncio.to_thread(_get, f"{gateway_url}/metrics")
     finally:
         await server.stop(grace_s=0)
         await emulator_runner.cleanup()
     print()
-    print(_per_variant_summary(registry))
+    print(_per_variant_summary(exposition))
     expected = (200, 200, 200, 200, 200, 424, 424, 400, 400, 400)
     ok = tuple(row.status for row in rows) == expected and parts == STREAM_PARTS
     return 0 if ok else 1
@@ -176,34 +179,32 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _per_variant_summary(registry: CollectorRegistry) -> str:
-    """A few per-variant figures read back from the gateway's own metrics."""
-    lines = ["From /metrics (sagemaker_gateway_*), per endpoint and variant:"]
-    for metric in registry.collect():
-        if metric.name != "sagemaker_gateway_requests":
-            continue
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
+def _per_variant_summary(exposition: str) -> str:
+    """Per-variant figures, read back from the gateway's /metrics exposition."""
+    lines = ["From GET /metrics, per endpoint and variant:"]
+    totals: dict[str, float] = {"model_timeouts": 0.0, "rejected_requests": 0.0}
+    for family in text_string_to_metric_families(exposition):
+        name = family.name.removeprefix("sagemaker_gateway_")
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if name == "requests":
                 labels = sample.labels
                 lines.append(
-                    f"  requests_total endpoint={labels['endpoint']:<14} "
+                    f"  requests_total  endpoint={labels['endpoint']:<14} "
                     f"variant={labels['variant']:<10} status={labels['status']} "
                     f"error={labels['error'] or '-':<20} {sample.value:g}"
                 )
-    timeouts = registry.get_sample_value(
-        "sagemaker_gateway_model_timeouts_total",
-        {"endpoint": "model-timeout", "variant": "unknown"},
-    )
-    lines.append(f"  model_timeouts_total endpoint=model-timeout {timeouts or 0:g}")
-    rejected = sum(
-        sample.value
-        for metric in registry.collect()
-        if metric.name == "sagemaker_gateway_rejected_requests"
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    )
-    lines.append(f"  rejected_requests_total (all reasons) {rejected:g}")
+            elif name in totals:
+                totals[name] += sample.value
+    lines.append(f"  model_timeouts_total (all endpoints)   {totals['model_timeouts']:g}")
+    lines.append(f"  rejected_requests_total (all reasons)  {totals['rejected_requests']:g}")
     return "\n".join(lines)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
 
 
 def _free_port() -> int:

@@ -48,6 +48,12 @@ class GatewayServer:
         assert self._listener is not None, "start() first"
         return int(self._listener.sockets[0].getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        server = self._runner.server
+        return 0 if server is None else len(server.connections)
+
     async def start(self) -> None:
         """Run the app's start-up and open the listener."""
         await self._runner.setup()
@@ -75,7 +81,7 @@ class GatewayServer:
         server = self._runner.server
         assert server is not None
         reject = self.app[METRICS].reject
-        if len(server.connections) >= self.config.max_connections:
+        if self.open_connections >= self.config.max_connections:
             return RefusedConnection(reject)
         return GatewayRequestHandler(
             server,

@@ -159,3 +159,20 @@ async def test_sigterm_during_ten_in_flight_requests_lets_all_finish(served_gate
         await process.wait()
     assert statuses == [200] * 10
     assert process.returncode == 0
+
+
+async def test_the_demo_runs_without_aws_and_prints_its_table():
+    """`sagemaker-gateway demo` exits 0 and shows the calls, the stream and per-variant figures."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": "/tmp"},
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    text = out.decode()
+    assert process.returncode == 0, err.decode()
+    assert "VariantA" in text and "VariantB" in text
+    assert "ModelError" in text and "ValidationError" in text
+    assert "part 5:" in text
+    assert "From GET /metrics" in text

@@ -300,3 +300,23 @@ async def test_the_admin_listener_serves_health_and_metrics_but_never_forwards(
     assert journal == []
     async with unlimited_session() as session:
         assert await invoke(session, gateway, "echo") == (200, None)
+
+
+async def test_connections_beyond_max_connections_are_closed_on_arrival(start_gateway, journal):
+    """With max_connections 5 and 5 idle connections open, a sixth is closed at once (and
+    counted); once one closes, new connections are served again."""
+    gateway = await start_gateway(max_connections=5)
+    idle = [await asyncio.open_connection(gateway.host, gateway.port) for _ in range(5)]
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+    rejected = gateway.app[METRICS].registry.get_sample_value(
+        "sagemaker_gateway_rejected_requests_total", {"reason": "connection_limit"}
+    )
+    assert rejected == 1
+    for _, idle_writer in idle:
+        idle_writer.close()
+    await poll(lambda: gateway.server.open_connections == 0)
+    async with unlimited_session() as session:
+        assert await invoke(session, gateway, "echo") == (200, None)
