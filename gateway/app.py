@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.config import Config
 from gateway.connection import head_deadline_middleware
@@ -48,7 +50,11 @@ def make_app(
     credentials = credentials or CredentialSource(
         botocore_resolver(), check_interval_s=config.credential_check_interval_s
     )
-    metrics = Metrics(registry, component_label=config.inference_component_label)
+    metrics = Metrics(
+        registry,
+        component_label=config.inference_component_label,
+        multiprocess=multiprocess_dir() is not None,
+    )
     state = GatewayState()
     proxy = Proxy(config, load_operations(), credentials, metrics, logger, state)
 
@@ -65,6 +71,11 @@ def make_app(
     app.cleanup_ctx.append(_credentials_ctx)
     app.cleanup_ctx.append(_client_session_ctx)
     return app
+
+
+def multiprocess_dir() -> str | None:
+    """Where --workers processes keep their metric values (prometheus-client's convention)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def make_admin_app(app: web.Application) -> web.Application:
@@ -125,8 +136,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    """The Prometheus exposition of this app's registry."""
-    body = generate_latest(request.app[METRICS].registry)
+    """The Prometheus exposition of this app's registry, or of every worker's, summed."""
+    if request.app[METRICS].multiprocess:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(request.app[METRICS].registry)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

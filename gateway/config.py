@@ -52,6 +52,7 @@ class Config:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
     inference_component_label: bool = False
+    workers: int = 1
 
     @property
     def upstream_host(self) -> str:
@@ -264,6 +265,12 @@ OPTIONS = (
         "seconds in-flight requests get to finish once the listener is closed",
     ),
     Option(
+        "workers",
+        "workers",
+        _positive_int,
+        "processes sharing the port (SO_REUSEPORT), metrics summed over them; needs a fixed port",
+    ),
+    Option(
         "inference_component_label",
         "inference_component_label",
         _boolean,
@@ -329,6 +336,8 @@ def load_config(
                 reason = str(exc) if "must" in str(exc) else "is not a valid value"
                 raise ConfigError(f"{source}={raw!r}: {option.name} {reason}") from None
             break
+    if values.get("workers", 1) > 1 and values.get("port", Config.port) == 0:
+        raise ConfigError("--workers: more than one worker needs a fixed --port, not 0")
     if not values.get("region"):
         raise ConfigError("region: none given; pass --region or set AWS_REGION")
     values.setdefault("upstream_url", f"https://runtime.sagemaker.{values['region']}.amazonaws.com")

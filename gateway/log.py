@@ -7,6 +7,7 @@ custom-attribute values are never among them, so they cannot leak by a new ``**k
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,7 @@ def configure_logging(level: str) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
@@ -31,6 +33,12 @@ def configure_logging(level: str) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+def _add_pid(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Which process wrote the line (with --workers, several share the port)."""
+    event["pid"] = os.getpid()
+    return event
 
 
 def access_fields(outcome: Outcome) -> dict[str, Any]:

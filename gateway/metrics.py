@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway import __version__
 
@@ -26,6 +27,15 @@ DURATION_BUCKETS_S = (
 SIZE_BUCKETS_BYTES = (
     100, 1_000, 10_000, 100_000, 500_000, 1_000_000, 2_500_000, 5_242_880, 6_291_456,
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The children every request of one (endpoint, variant, operation[, component]) uses."""
+
+    request_duration: Any
+    request_size: Any
+    response_size: Any
 
 
 @dataclass(slots=True)
@@ -52,8 +62,21 @@ class Outcome:
 class Metrics:
     """The gateway's metric families, created on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, *, component_label: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        component_label: bool = False,
+        multiprocess: bool = False,
+    ) -> None:
+        """``multiprocess``: values live in PROMETHEUS_MULTIPROC_DIR, summed over --workers."""
         self.registry = registry
+        self.multiprocess = multiprocess
+        # Label children, looked up once per label set instead of once per request (the
+        # families themselves bound how many there are).
+        self._series: dict[tuple[str, ...], _Series] = {}
+        self._counters: dict[tuple[str, ...], Any] = {}
+        self._upstream: dict[tuple[str, ...], Any] = {}
         # The inference component is an opt-in label: an endpoint may host hundreds of them.
         self.component_label = component_label
         per_variant: tuple[str, ...] = ("endpoint", "variant", "operation")
@@ -90,6 +113,7 @@ class Metrics:
             "Requests being handled now",
             ("endpoint",),
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             PREFIX + "rejected_requests",
@@ -111,14 +135,20 @@ class Metrics:
             buckets=SIZE_BUCKETS_BYTES,
             registry=registry,
         )
-        Info(PREFIX + "build", "The running gateway's version", registry=registry).info(
-            {"version": __version__}
-        )
+        # A gauge rather than an Info: Info has no multiprocess mode.
         Gauge(
-            PREFIX + "event_loop_tasks",
-            "asyncio tasks alive in the gateway's event loop (a leak shows as steady growth)",
+            PREFIX + "build_info",
+            "The running gateway's version",
+            ("version",),
             registry=registry,
-        ).set_function(_event_loop_tasks)
+            multiprocess_mode="max",
+        ).labels(__version__).set(1)
+        if not multiprocess:  # a callback gauge reads one process; it cannot be summed
+            Gauge(
+                PREFIX + "event_loop_tasks",
+                "asyncio tasks alive in the gateway's event loop (a leak shows as steady growth)",
+                registry=registry,
+            ).set_function(_event_loop_tasks)
 
     def reject(self, reason: str) -> None:
         """Count a request refused before forwarding."""
@@ -129,16 +159,29 @@ class Metrics:
         labels: tuple[str, ...] = (outcome.endpoint, outcome.variant, outcome.operation)
         if self.component_label:
             labels = (*labels, outcome.inference_component)
-        self.requests.labels(*labels, str(outcome.status), outcome.error).inc()
-        self.request_duration.labels(*labels).observe(outcome.duration_s)
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(
+                self.request_duration.labels(*labels),
+                self.request_size.labels(outcome.endpoint, outcome.operation),
+                self.response_size.labels(outcome.endpoint, outcome.operation),
+            )
+        outcome_labels = (*labels, str(outcome.status), outcome.error)
+        counter = self._counters.get(outcome_labels)
+        if counter is None:
+            counter = self._counters[outcome_labels] = self.requests.labels(*outcome_labels)
+        counter.inc()
+        series.request_duration.observe(outcome.duration_s)
         if outcome.upstream_duration_s is not None:
-            self.upstream_duration.labels(*labels).observe(outcome.upstream_duration_s)
+            # Looked up only for forwarded requests: a child, once made, is exported.
+            upstream = self._upstream.get(labels)
+            if upstream is None:
+                upstream = self._upstream[labels] = self.upstream_duration.labels(*labels)
+            upstream.observe(outcome.upstream_duration_s)
         if outcome.model_timeout:
             self.model_timeouts.labels(outcome.endpoint, outcome.variant).inc()
-        self.request_size.labels(outcome.endpoint, outcome.operation).observe(outcome.request_bytes)
-        self.response_size.labels(outcome.endpoint, outcome.operation).observe(
-            outcome.response_bytes
-        )
+        series.request_size.observe(outcome.request_bytes)
+        series.response_size.observe(outcome.response_bytes)
 
 
 def _event_loop_tasks() -> float:

@@ -11,7 +11,6 @@ import fnmatch
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 import structlog
@@ -286,9 +285,7 @@ class Proxy:
                     "The gateway's AWS credentials expired; nothing was forwarded",
                     reason="no_credentials",
                 )
-            signed = self.signer.sign(
-                credentials, datetime.now(UTC), "POST", self._host, path, headers, body
-            )
+            signed = self.signer.sign(credentials, None, "POST", self._host, path, headers, body)
             delay_s = backoff_s(retries + 1)
             deadline_at = deadline.when()
             can_retry = retries < self.config.max_retries and (

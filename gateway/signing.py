@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import posixpath
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +110,14 @@ class Signer:
         self.region = region
         self.service = service
         self._cached: tuple[str, str, bytes] | None = None  # (secret, date, key)
+        self._clock: tuple[int, str] = (-1, "")  # (Unix second, its X-Amz-Date)
+
+    def current_amz_date(self) -> str:
+        """X-Amz-Date for now, formatted once per second rather than once per request."""
+        second = int(time.time())
+        if second != self._clock[0]:
+            self._clock = (second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second)))
+        return self._clock[1]
 
     def signing_key(self, secret_key: str, date: str) -> bytes:
         """The derived key for ``date`` (YYYYMMDD), from the cache when it is today's."""
@@ -146,7 +155,7 @@ class Signer:
     def sign(
         self,
         credentials: SigningCredentials,
-        now: datetime,
+        now: datetime | None,
         method: str,
         host: str,
         raw_path: str,
@@ -156,9 +165,9 @@ class Signer:
         """The complete header list to send: ``headers`` plus Host, date, token and signature.
 
         Every header in the result except Authorization is signed; nothing may be added to
-        the request after this.
+        the request after this. ``now`` None means the current time.
         """
-        when = amz_date(now)
+        when = amz_date(now) if now is not None else self.current_amz_date()
         signed_headers = [*headers, ("Host", host), ("X-Amz-Date", when)]
         if credentials.token:
             signed_headers.append(("X-Amz-Security-Token", credentials.token))

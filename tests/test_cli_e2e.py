@@ -6,20 +6,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 
 import aiohttp
 import pytest
 
+from gateway.server import free_port
 from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, run_aws_cli
 from tests.waiting import poll
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def healthy(url: str) -> bool:
@@ -176,3 +170,63 @@ async def test_the_demo_runs_without_aws_and_prints_its_table():
     assert "ModelError" in text and "ValidationError" in text
     assert "part 5:" in text
     assert "From GET /metrics" in text
+
+
+async def test_two_workers_share_the_port_and_metrics_report_their_sum(emulator, tmp_path):
+    """`serve --workers 2`: both processes answer requests on one port, /metrics sums them,
+    and SIGTERM stops both (exit 0)."""
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "SMGW_SHUTDOWN_GRACE": "0",
+    }
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2",
+            "--region", REGION, "--upstream-url", str(emulator.make_url("")).rstrip("/"),
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await poll(lambda: healthy(url), deadline_s=30)
+
+        async def served_by_both() -> bool:
+            # New connections are spread over the two listeners by the kernel.
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)
+            ) as session:
+                for _ in range(10):
+                    async with session.post(
+                        f"{url}/endpoints/echo/invocations", data=b"{}"
+                    ) as response:
+                        assert response.status == 200
+            pids = {
+                json.loads(line)["pid"]
+                for line in log_path.read_text().splitlines()
+                if line.startswith("{") and '"event": "request"' in line
+            }
+            return len(pids) == 2
+
+        await poll(served_by_both, deadline_s=30, interval_s=0)
+        sent = len(
+            [line for line in log_path.read_text().splitlines() if '"event": "request"' in line]
+        )
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+            exposition = await response.text()
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("sagemaker_gateway_requests_total{")
+        )
+        assert total == sent
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.wait()
+    assert process.returncode == 0

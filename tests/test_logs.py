@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 
@@ -186,8 +187,9 @@ def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout
 
     (line,) = json_stdout.getvalue().splitlines()
     access = json.loads(line)
-    assert set(access) == ACCESS_FIELDS | {"event", "level", "timestamp"}
+    assert set(access) == ACCESS_FIELDS | {"event", "level", "timestamp", "pid"}
     assert access["timestamp"].endswith("Z")
+    assert access.pop("pid") == os.getpid()
     del access["timestamp"]
     assert access == {
         "event": "request", "level": "info", "request_id": "r-1", "upstream_request_id": None,

@@ -35,7 +35,7 @@ LABEL_NAMES = {
     P + "rejected_requests": {"reason"},
     P + "request_body_bytes": {"endpoint", "operation"},
     P + "response_body_bytes": {"endpoint", "operation"},
-    P + "build": {"version"},
+    P + "build_info": {"version"},
     P + "event_loop_tasks": set(),
 }
 

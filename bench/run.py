@@ -1,0 +1,339 @@
+"""`make bench`: the gateway side by side with nginx proxy_pass (the floor), in one run.
+
+Layout, as in the issue that set the targets: wrk (1 thread) and an nginx backend answering a
+small fixed JSON pinned to CPU 0; the proxy under test alone on CPU 1; 32 keep-alive
+connections. Every number is also given as a ratio to the floor measured in the same run,
+because absolute figures drift on a shared machine. Loopback only; every run is bounded.
+
+Results: a table on stdout, bench/results/bench.json, and bench/results/latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from collections.abc import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from processes import EMULATOR_KEY, free_port, proc_status, wait_until_up  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BODY_SIZES = {"100B": 100, "100KB": 100_000, "5MB": 5_242_880}
+CPU_LOAD, CPU_PROXY = "0", "1"
+
+BACKEND_CONF = """
+worker_processes 1; daemon off; pid {dir}/backend.pid; error_log {dir}/backend.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_max_body_size 8m; client_body_buffer_size 8m; keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      add_header x-Amzn-Invoked-Production-Variant AllTraffic;
+      default_type application/json;
+      return 200 '{{"predictions": [0.12, 0.88]}}';
+    }}
+  }}
+}}
+"""
+FLOOR_CONF = """
+worker_processes 1; daemon off; pid {dir}/floor.pid; error_log {dir}/floor.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_max_body_size 8m; client_body_buffer_size 8m; keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_request_buffering on; proxy_buffering off;
+    }}
+  }}
+}}
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "rb"); wrk.body = f:read("*all"); f:close()
+"""
+
+
+@dataclass
+class Run:
+    system: str
+    body: str
+    connections: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    cpu_us_per_request: float | None
+    rss_mb: float | None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """``pid`` and its child processes (nginx's master and worker)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        found += [int(kid) for kid in kids]
+    return found
+
+
+def parse_wrk(text: str) -> tuple[int, float, dict[str, float]]:
+    """Requests, requests/s and latency percentiles (ms) from `wrk --latency` output."""
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    percentiles = {}
+    for label, value, unit in re.findall(r"\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\b", text):
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+        percentiles[label] = float(value) * scale
+    if text.count("Non-2xx") or "Socket errors" in text:
+        print(text, file=sys.stderr)
+    return requests, rps, percentiles
+
+
+def wrk(url: str, body_file: Path, connections: int, seconds: int, workdir: Path) -> str:
+    script = workdir / f"post-{body_file.name}.lua"
+    script.write_text(WRK_SCRIPT.format(body=body_file))
+    command = [
+        "taskset", "-c", CPU_LOAD, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+        "--timeout", "10s", "--latency", "-s", str(script), url,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+
+def measure(
+    system: str, url: str, pids: list[int], rss_pid: int | None, body: str, connections: int,
+    seconds: int, workdir: Path,
+) -> Run:  # fmt: skip
+    body_file = workdir / f"body-{body}"
+    cpu_before = cpu_seconds(pids)
+    text = wrk(url, body_file, connections, seconds, workdir)
+    cpu_used = cpu_seconds(pids) - cpu_before
+    requests, rps, pct = parse_wrk(text)
+    rss = proc_status(rss_pid)["VmHWM"] / 1024 if rss_pid else None
+    return Run(
+        system, body, connections, requests, rps, pct.get("50", 0), pct.get("90", 0),
+        pct.get("99", 0), cpu_used / requests * 1e6 if requests else None, rss,
+    )  # fmt: skip
+
+
+@contextmanager
+def process(command: list[str], cpu: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpu, *command], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def first_part_delay_ms(direct_url: str, gateway_url: str, samples: int) -> dict:
+    """Median time to the first streamed part, direct to the emulator and through the gateway."""
+    import aiohttp
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    path = "/endpoints/stream-2-200/invocations-response-stream"
+
+    def signed(url: str) -> dict[str, str]:
+        request = AWSRequest(method="POST", url=url + path, data=b"ab")
+        SigV4Auth(Credentials(*EMULATOR_KEY), "sagemaker", "us-east-1").add_auth(request)
+        return dict(request.headers)
+
+    async def first_part(session, url: str, headers: dict[str, str]) -> float:
+        started = time.perf_counter()
+        async with session.post(url + path, data=b"ab", headers=headers) as response:
+            await response.content.readany()
+            elapsed = time.perf_counter() - started
+            await response.read()
+        return elapsed * 1000
+
+    results = {}
+    async with aiohttp.ClientSession() as session:
+        for name, url in (("direct", direct_url), ("gateway", gateway_url)):
+            times = []
+            for _ in range(samples):
+                headers = signed(url) if name == "direct" else {}
+                times.append(await first_part(session, url, headers))
+            times.sort()
+            results[name] = times[len(times) // 2]
+    results["added"] = results["gateway"] - results["direct"]
+    return results
+
+
+def chart(runs: list[Run], path: Path) -> bool:
+    """Latency percentiles per system and body size, as a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    at32 = [run for run in runs if run.connections == 32]
+    systems = sorted({run.system for run in at32})
+    fig, axes = plt.subplots(1, len(BODY_SIZES), figsize=(13, 4))
+    for axis, body in zip(axes, BODY_SIZES, strict=True):
+        for offset, system in enumerate(systems):
+            run = next((r for r in at32 if r.system == system and r.body == body), None)
+            if run is None:
+                continue
+            values = [run.p50_ms, run.p90_ms, run.p99_ms]
+            positions = [i + offset * 0.25 for i in range(3)]
+            axis.bar(positions, values, width=0.25, label=system)
+        axis.set_xticks([i + 0.25 for i in range(3)], ["p50", "p90", "p99"])
+        axis.set_title(f"{body} body, 32 connections")
+        axis.set_ylabel("ms")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run bench/install.sh (make bench does)")
+    RESULTS.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="smgw-bench-"))
+    for name, size in BODY_SIZES.items():
+        (workdir / f"body-{name}").write_bytes(b"x" * size)
+    backend_port, floor_port, gateway_port, emulator_port = (free_port() for _ in range(4))
+    (workdir / "backend.conf").write_text(BACKEND_CONF.format(dir=workdir, port=backend_port))
+    (workdir / "floor.conf").write_text(
+        FLOOR_CONF.format(dir=workdir, port=floor_port, backend=backend_port)
+    )
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": EMULATOR_KEY[0],
+        "AWS_SECRET_ACCESS_KEY": EMULATOR_KEY[1],
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    python = sys.executable
+    gateway_command = [
+        python, "-m", "gateway", "serve", "--port", str(gateway_port), "--region", "us-east-1",
+        "--upstream-url", f"http://127.0.0.1:{backend_port}", "--shutdown-grace", "0",
+        *(["--workers", str(args.workers)] if args.workers > 1 else []),
+    ]  # fmt: skip
+    runs: list[Run] = []
+    path = "/endpoints/bench/invocations"
+    with (
+        process(["nginx", "-c", str(workdir / "backend.conf")], CPU_LOAD) as backend,
+        process(["nginx", "-c", str(workdir / "floor.conf")], CPU_PROXY) as floor,
+        process(gateway_command, CPU_PROXY, env) as gateway,
+    ):
+        for port in (backend_port, floor_port):
+            wait_until_up(f"http://127.0.0.1:{port}/")
+        wait_until_up(f"http://127.0.0.1:{gateway_port}/healthz")
+        systems = {
+            "nginx proxy_pass (floor)": (f"http://127.0.0.1:{floor_port}{path}", floor),
+            "sagemaker-gateway": (f"http://127.0.0.1:{gateway_port}{path}", gateway),
+        }
+        direct = f"http://127.0.0.1:{backend_port}{path}"
+        for name, (url, pid) in systems.items():
+            wrk(url, workdir / "body-100B", 32, 2, workdir)  # warm-up: pools and caches
+            pids = children(pid)
+            # Latency at 1 and 4 connections first: after the 5 MB run the process is still
+            # returning memory and finishing the last large bodies, which would show as p99.
+            for connections in (1, 4):
+                runs.append(measure(name, url, pids, None, "100B", connections, 4, workdir))
+                print(json.dumps(asdict(runs[-1])), flush=True)
+            for body in BODY_SIZES:
+                seconds = args.seconds if body != "5MB" else max(4, args.seconds // 2)
+                runs.append(measure(name, url, pids, pids[-1], body, 32, seconds, workdir))
+                print(json.dumps(asdict(runs[-1])), flush=True)
+        for connections in (1, 4):
+            runs.append(measure("direct", direct, children(backend), None, "100B", connections,
+                                4, workdir))  # fmt: skip
+    with (
+        process([python, "-m", "gateway", "emulator", "--port", str(emulator_port)],
+                CPU_LOAD, env) as _emulator,  # fmt: skip
+        process(
+            [python, "-m", "gateway", "serve", "--port", str(gateway_port), "--region",
+             "us-east-1", "--upstream-url", f"http://127.0.0.1:{emulator_port}"],
+            CPU_PROXY, env,
+        ) as _gateway,  # fmt: skip
+    ):
+        wait_until_up(f"http://127.0.0.1:{gateway_port}/healthz")
+        wait_until_up(f"http://127.0.0.1:{emulator_port}/_emulator/requests")
+        stream = asyncio.run(
+            first_part_delay_ms(
+                f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{gateway_port}", 30
+            )
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    report(runs, stream)
+    (RESULTS / "bench.json").write_text(
+        json.dumps({"runs": [asdict(run) for run in runs], "first_part_ms": stream}, indent=2)
+    )
+    if chart(runs, RESULTS / "latency.png"):
+        print(f"chart: {RESULTS / 'latency.png'}")
+    return 0
+
+
+def report(runs: list[Run], stream: dict) -> None:
+    """The table: per body size at 32 connections, ratios to the floor; then added latency."""
+    floor = {r.body: r for r in runs if r.system.startswith("nginx") and r.connections == 32}
+    print("\n| system | body | req/s | x floor | p50 ms | p99 ms | CPU us/req | x floor | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        if run.connections != 32:
+            continue
+        base = floor[run.body]
+        cpu = run.cpu_us_per_request or 0
+        print(
+            f"| {run.system} | {run.body} | {run.rps:,.0f} | {run.rps / base.rps:.2f} | "
+            f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {cpu:.0f} | "
+            f"{cpu / (base.cpu_us_per_request or 1):.1f} | {run.rss_mb or 0:.0f} |"
+        )
+    direct = {r.connections: r for r in runs if r.system == "direct"}
+    print("\n| system | connections | p50 ms | p99 ms | p99 added over direct, ms |")
+    print("|---|---|---|---|---|")
+    for run in runs:
+        if run.connections in (1, 4):
+            added = run.p99_ms - direct[run.connections].p99_ms
+            print(f"| {run.system} | {run.connections} | {run.p50_ms:.3f} | {run.p99_ms:.3f} | "
+                  f"{added:+.3f} |")  # fmt: skip
+    print(
+        f"\nfirst streamed part (median of 30): direct {stream['direct']:.2f} ms, "
+        f"through the gateway {stream['gateway']:.2f} ms, added {stream['added']:+.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
