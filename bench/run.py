@@ -20,13 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from processes import EMULATOR_KEY, free_port, proc_status, wait_until_up  # noqa: E402
+from processes import EMULATOR_KEY, free_port, proc_status, wait_until_up
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -281,12 +281,24 @@ def main() -> int:
             runs.append(measure("direct", direct, children(backend), None, "100B", connections,
                                 4, workdir))  # fmt: skip
     with (
-        process([python, "-m", "gateway", "emulator", "--port", str(emulator_port)],
-                CPU_LOAD, env) as _emulator,  # fmt: skip
         process(
-            [python, "-m", "gateway", "serve", "--port", str(gateway_port), "--region",
-             "us-east-1", "--upstream-url", f"http://127.0.0.1:{emulator_port}"],
-            CPU_PROXY, env,
+            [python, "-m", "gateway", "emulator", "--port", str(emulator_port)], CPU_LOAD, env
+        ) as _emulator,  # fmt: skip
+        process(
+            [
+                python,
+                "-m",
+                "gateway",
+                "serve",
+                "--port",
+                str(gateway_port),
+                "--region",
+                "us-east-1",
+                "--upstream-url",
+                f"http://127.0.0.1:{emulator_port}",
+            ],
+            CPU_PROXY,
+            env,
         ) as _gateway,  # fmt: skip
     ):
         wait_until_up(f"http://127.0.0.1:{gateway_port}/healthz")
