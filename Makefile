@@ -10,6 +10,8 @@ help:
 	@echo "make demo   emulator + gateway in one process, a few invocations, a table (no AWS account)"
 	@echo "make test   the whole test suite against real sockets, boto3 and the AWS CLI"
 	@echo "make lint   ruff check and ruff format --check"
+	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
+	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +52,12 @@ deploy-check: $(STAMP)
 # against the emulator and check health, one signed invocation, non-root, SIGTERM. A few minutes.
 image-test: $(STAMP)
 	VENV_BIN=$(CURDIR)/$(BIN) bash deploy/scripts/image-test.sh
+
+.PHONY: bench
+bench: $(STAMP)  ## gateway vs nginx proxy_pass, pinned, one table; a few minutes
+	bash bench/install.sh
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py
 
 .PHONY: soak
 soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
