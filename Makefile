@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   emulator + gateway in one process, a few invocations, a table (no AWS account)"
 	@echo "make test   the whole test suite against real sockets, boto3 and the AWS CLI"
-	@echo "make lint   ruff check and ruff format --check"
+	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
 	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
 
@@ -32,6 +32,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/mypy gateway
 
 format: $(STAMP)
 	$(BIN)/ruff format gateway tests

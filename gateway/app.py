@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -82,15 +83,17 @@ def make_admin_app(app: web.Application) -> web.Application:
     """Health and metrics of ``app`` alone, for a listener that may face the pod network while
     the signing listener stays on loopback (probes and Prometheus reach it; callers cannot)."""
     admin = web.Application(middlewares=[error_middleware(app[PROXY].log)])
-    for key in (PROXY, CREDENTIALS, METRICS, STATE):
-        admin[key] = app[key]  # type: ignore[index]
+    admin[PROXY] = app[PROXY]
+    admin[CREDENTIALS] = app[CREDENTIALS]
+    admin[METRICS] = app[METRICS]
+    admin[STATE] = app[STATE]
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics_view)
     return admin
 
 
-def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> web.Middleware:
+def error_middleware(logger: structlog.typing.FilteringBoundLogger) -> Middleware:
     """Shape every error the app produces outside the proxy like the service's own."""
 
     @web.middleware

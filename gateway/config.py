@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "SMGW_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PORT = 8080
 _REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
 
 
@@ -30,7 +31,7 @@ class Config:
     """Everything the gateway's behaviour depends on, resolved once at start-up."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = DEFAULT_PORT
     region: str = ""
     upstream_url: str = ""
     upstream_timeout_s: float = 70.0
@@ -336,7 +337,7 @@ def load_config(
                 reason = str(exc) if "must" in str(exc) else "is not a valid value"
                 raise ConfigError(f"{source}={raw!r}: {option.name} {reason}") from None
             break
-    if values.get("workers", 1) > 1 and values.get("port", Config.port) == 0:
+    if values.get("workers", 1) > 1 and values.get("port", DEFAULT_PORT) == 0:
         raise ConfigError("--workers: more than one worker needs a fixed --port, not 0")
     if not values.get("region"):
         raise ConfigError("region: none given; pass --region or set AWS_REGION")

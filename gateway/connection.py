@@ -120,15 +120,15 @@ class RefusedConnection(asyncio.Protocol):
 async def head_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Tell the connection when its head deadline stops and starts applying."""
     protocol = request.protocol
-    guarded = isinstance(protocol, GatewayRequestHandler)
-    if guarded:
-        protocol.head_received()
-    try:
+    if not isinstance(protocol, GatewayRequestHandler):  # an aiohttp test server, say
         response: web.StreamResponse = await handler(request)
         return response
+    protocol.head_received()
+    try:
+        response = await handler(request)
+        return response
     finally:
-        if guarded:
-            protocol.request_finished()
+        protocol.request_finished()
 
 
 def _printable(text: str, limit: int = 200) -> str:

@@ -59,12 +59,14 @@ class CredentialSource:
         self._check_interval_s = check_interval_s
         self._current: SigningCredentials | None = None
         self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
 
     @classmethod
     def static(cls, credentials: SigningCredentials) -> CredentialSource:
         """A source that always has ``credentials`` (the demo and tests)."""
         source = cls(lambda: credentials)
         source._current = credentials
+        source._first_attempt.set()
         return source
 
     def current(self) -> SigningCredentials | None:
@@ -82,9 +84,19 @@ class CredentialSource:
         except Exception as exc:  # botocore raises many kinds; any of them means "none now"
             _log.warning("credentials_unavailable", error=type(exc).__name__)
             return
+        finally:
+            self._first_attempt.set()
         if credentials is None:
             _log.warning("credentials_unavailable", error="NoCredentials")
         self._current = credentials
+
+    async def wait_first_attempt(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for the first resolution to finish (right after start,
+        a request need not fail only because the lookup began a moment before it)."""
+        if not self._first_attempt.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._first_attempt.wait()
 
     async def start(self) -> None:
         """Start resolving in the background (the listener must not wait for it), until stop()."""

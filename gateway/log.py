@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -35,7 +36,7 @@ def configure_logging(level: str) -> None:
     )
 
 
-def _add_pid(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_pid(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Which process wrote the line (with --workers, several share the port)."""
     event["pid"] = os.getpid()
     return event

@@ -189,6 +189,8 @@ class Proxy:
             ) from None
         outcome.request_bytes = len(body)
         if self.credentials.current() is None:
+            await self.credentials.wait_first_attempt(self.config.connect_timeout_s)
+        if self.credentials.current() is None:
             raise ServiceUnavailable(
                 "The gateway has no valid AWS credentials to sign with; nothing was forwarded",
                 reason="no_credentials",

@@ -320,3 +320,23 @@ async def test_connections_beyond_max_connections_are_closed_on_arrival(start_ga
     await poll(lambda: gateway.server.open_connections == 0)
     async with unlimited_session() as session:
         assert await invoke(session, gateway, "echo") == (200, None)
+
+
+async def test_a_request_at_start_up_waits_for_the_first_credential_lookup(start_gateway, journal):
+    """A request that arrives while the first lookup is still running waits for it (up to the
+    connect timeout) instead of failing with 503; the answer is signed and forwarded."""
+    release = threading.Event()
+
+    def slow_resolver():
+        release.wait(10)
+        return SigningCredentials(ACCESS_KEY, SECRET_KEY)
+
+    gateway = await start_gateway(
+        credentials=CredentialSource(slow_resolver, check_interval_s=60), connect_timeout_s=5.0
+    )
+    request = build_request("POST", "/endpoints/echo/invocations", [], b"{}")
+    pending = asyncio.create_task(raw_request(gateway.host, gateway.port, request))
+    await poll(lambda: gateway.app[STATE].in_flight == 1)
+    release.set()
+    assert (await pending).status == 200
+    assert len(journal) == 1

@@ -37,8 +37,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import jmespath  # type: ignore[import-untyped]
-import jmespath.exceptions  # type: ignore[import-untyped]
+import jmespath
+import jmespath.exceptions
 from aiohttp import web
 
 from gateway.emulator.answers import ModelOutput, deliver
