@@ -25,11 +25,10 @@ async def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-async def served_gateway(emulator):
-    """`python -m gateway serve` in its own process, credentials from botocore's env chain."""
-    port = free_port()
-    env = {
+def served_env(emulator) -> dict[str, str]:
+    """The environment of a served gateway: test keys for botocore's env chain, nothing else
+    of this machine's AWS set-up, the emulator as upstream, no shutdown grace."""
+    return {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -41,6 +40,13 @@ async def served_gateway(emulator):
         "SMGW_UPSTREAM_URL": str(emulator.make_url("")).rstrip("/"),
         "SMGW_SHUTDOWN_GRACE": "0",
     }
+
+
+@pytest.fixture
+async def served_gateway(emulator):
+    """`python -m gateway serve` in its own process, credentials from botocore's env chain."""
+    port = free_port()
+    env = served_env(emulator)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--port", str(port), "--upstream-timeout", "5",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -176,20 +182,11 @@ async def test_two_workers_share_the_port_and_metrics_report_their_sum(emulator,
     """`serve --workers 2`: both processes answer requests on one port, /metrics sums them,
     and SIGTERM stops both (exit 0)."""
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "SMGW_SHUTDOWN_GRACE": "0",
-    }
+    env = served_env(emulator)
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2",
-            "--region", REGION, "--upstream-url", str(emulator.make_url("")).rstrip("/"),
             env=env, stdout=log, stderr=log,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
