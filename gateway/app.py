@@ -25,7 +25,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.operations import load_operations
 from gateway.proxy import GatewayState, Proxy
-from gateway.upstream import make_client_session
+from gateway.upstream import make_upstream_pool
 from gateway.validation import validate_framing
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -70,7 +70,7 @@ def make_app(
     app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", "/endpoints/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_credentials_ctx)
-    app.cleanup_ctx.append(_client_session_ctx)
+    app.cleanup_ctx.append(_upstream_pool_ctx)
     return app
 
 
@@ -157,8 +157,8 @@ async def _credentials_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[CREDENTIALS].stop()
 
 
-async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
-    proxy.session = make_client_session(proxy.config)
+    proxy.upstream = pool = make_upstream_pool(proxy.config)
     yield
-    await proxy.session.close()
+    await pool.close()

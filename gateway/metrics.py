@@ -77,6 +77,7 @@ class Metrics:
         self._series: dict[tuple[str, ...], _Series] = {}
         self._counters: dict[tuple[str, ...], Any] = {}
         self._upstream: dict[tuple[str, ...], Any] = {}
+        self._in_flight: dict[str, Any] = {}
         # The inference component is an opt-in label: an endpoint may host hundreds of them.
         self.component_label = component_label
         per_variant: tuple[str, ...] = ("endpoint", "variant", "operation")
@@ -149,6 +150,13 @@ class Metrics:
                 "asyncio tasks alive in the gateway's event loop (a leak shows as steady growth)",
                 registry=registry,
             ).set_function(_event_loop_tasks)
+
+    def in_flight_for(self, endpoint: str) -> Any:
+        """The in-flight gauge of ``endpoint`` (its label child, looked up once)."""
+        gauge = self._in_flight.get(endpoint)
+        if gauge is None:
+            gauge = self._in_flight[endpoint] = self.in_flight.labels(endpoint)
+        return gauge
 
     def reject(self, reason: str) -> None:
         """Count a request refused before forwarding."""

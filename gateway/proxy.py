@@ -16,7 +16,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 from botocore.eventstream import EventStreamBuffer, ParserError
-from yarl import URL
 
 from gateway.config import Config
 from gateway.credentials import CredentialSource
@@ -39,6 +38,7 @@ from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
 from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
+from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from gateway.validation import (
     body_limit,
     body_too_large,
@@ -47,6 +47,7 @@ from gateway.validation import (
 )
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+VARIANT_HEADER_LOWER = VARIANT_HEADER.lower()
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
 COMPONENT_HEADER = "x-amzn-sagemaker-inference-component"
 STREAM_SUFFIX = "invocations-response-stream"
@@ -81,7 +82,7 @@ class Proxy:
         self.log = logger
         self.state = state
         self.signer = Signer(config.region, "sagemaker")
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamPool | None = None
         self.retry_budget = RetryBudget()
         self._host = config.upstream_host
         self._response_headers = {
@@ -106,7 +107,7 @@ class Proxy:
 
         operation = self.operations[suffix]
         outcome = Outcome(request_id=request_id, operation=operation.name, endpoint=endpoint)
-        in_flight = self.metrics.in_flight.labels(endpoint)
+        in_flight = self.metrics.in_flight_for(endpoint)
         in_flight.inc()
         self.state.in_flight += 1
         try:
@@ -180,8 +181,13 @@ class Proxy:
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
-                body = await _read_body(request.content, limit)
+            if request.content.is_eof():
+                # The whole body came with the head (small bodies nearly always do): nothing
+                # to wait for, so no timer to arm.
+                body = _buffered_body(request.content, limit)
+            else:
+                async with asyncio.timeout(self.config.body_timeout_s):
+                    body = await _read_body(request.content, limit)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request body did not arrive within {self.config.body_timeout_s:g} s "
@@ -211,27 +217,24 @@ class Proxy:
         For a response stream the deadline covers the wait for the answer to start; after
         that, each part must follow the last within ``stream_idle_timeout``.
         """
-        assert self.session is not None, "the client session opens with the app"
+        assert self.upstream is not None, "the upstream pool opens with the app"
         loop = asyncio.get_running_loop()
         path = f"/endpoints/{outcome.endpoint}/{suffix}"
-        url = URL(self.config.upstream_url + path, encoded=True)
         sent = loop.time()
         outcome.upstream_duration_s = 0.0  # from here on, the request counts as forwarded
         self.retry_budget.record_request()
         response: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(self.config.upstream_timeout_s) as deadline:
-                up = await self._send(url, path, headers, body, deadline)
+                up = await self._send(path, headers, body, deadline)
                 async with up:
                     outcome.status = up.status
-                    outcome.error = _error_type(up.headers.get("x-amzn-ErrorType", ""))
-                    outcome.variant = up.headers.get(VARIANT_HEADER) or outcome.variant
-                    outcome.upstream_request_id = up.headers.get("x-amzn-RequestId")
-                    back = select_response_headers(
-                        self._response_headers[suffix], up.headers.items()
-                    )
+                    outcome.error = _error_type(up.header("x-amzn-errortype") or "")
+                    outcome.variant = up.header(VARIANT_HEADER_LOWER) or outcome.variant
+                    outcome.upstream_request_id = up.header("x-amzn-requestid")
+                    back = select_response_headers(self._response_headers[suffix], up.headers)
                     if up.status >= 300:
-                        payload = await up.content.read(MAX_ERROR_BODY_BYTES)
+                        payload = await up.read(MAX_ERROR_BODY_BYTES)
                         outcome.model_timeout = _is_model_timeout(up.status, outcome.error, payload)
                         outcome.response_bytes = len(payload)
                         return web.Response(status=up.status, body=payload, headers=back)
@@ -242,17 +245,17 @@ class Proxy:
                     if suffix == STREAM_SUFFIX:
                         await self._relay_stream(up, response, outcome, deadline)
                     else:
-                        async for chunk in up.content.iter_any():
+                        while chunk := await up.read_chunk():
                             outcome.response_bytes += len(chunk)
                             await response.write(chunk)
                     await response.write_eof()
                     return response
-        # ClientError first: aiohttp's connect timeout is both a ClientError and a TimeoutError,
-        # and it means "unreachable" (503), not "too slow to answer" (504).
-        except aiohttp.ClientError as exc:
+        # The connect timeout is an UpstreamError, not a TimeoutError: it means "unreachable"
+        # (503), not "too slow to answer" (504).
+        except UpstreamError as exc:
             if response is None or not response.prepared:
                 raise ServiceUnavailable(
-                    f"SageMaker could not be reached: {_describe(exc)}", reason="upstream"
+                    f"SageMaker could not be reached: {exc}", reason="upstream"
                 ) from None
             outcome.error = "UpstreamInterrupted"
             raise  # the status line is gone: aiohttp closes the connection, the caller sees it cut
@@ -269,15 +272,14 @@ class Proxy:
 
     async def _send(
         self,
-        url: URL,
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
         deadline: asyncio.Timeout,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """POST the signed request; retry a failed connect or throttling while budget and
         deadline allow (a retry that could not finish in time is not started)."""
-        assert self.session is not None
+        assert self.upstream is not None
         loop = asyncio.get_running_loop()
         retries = 0
         while True:
@@ -294,12 +296,12 @@ class Proxy:
                 deadline_at is None or loop.time() + delay_s < deadline_at
             )
             try:
-                up = await self.session.post(url, headers=signed, data=body, allow_redirects=False)
-            except aiohttp.ClientError as exc:
+                up = await self.upstream.request("POST", path, signed, body)
+            except UpstreamError as exc:
                 if not (can_retry and is_connect_failure(exc) and self.retry_budget.try_spend()):
                     raise
             else:
-                error_type = _error_type(up.headers.get("x-amzn-ErrorType", ""))
+                error_type = _error_type(up.header("x-amzn-errortype") or "")
                 if not (
                     can_retry
                     and is_throttled(up.status, error_type)
@@ -312,7 +314,7 @@ class Proxy:
 
     async def _relay_stream(
         self,
-        up: aiohttp.ClientResponse,
+        up: UpstreamResponse,
         response: web.StreamResponse,
         outcome: Outcome,
         deadline: asyncio.Timeout,
@@ -322,7 +324,7 @@ class Proxy:
         frames: EventStreamBuffer | None = EventStreamBuffer()
         while True:
             deadline.reschedule(loop.time() + self.config.stream_idle_timeout_s)
-            chunk = await up.content.readany()
+            chunk = await up.read_chunk()
             if not chunk:
                 return
             outcome.response_bytes += len(chunk)
@@ -350,6 +352,14 @@ def _observe_frames(
     except ParserError:
         return None
     return frames
+
+
+def _buffered_body(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body of a request that has finished arriving, checked against ``limit``."""
+    body = stream.read_nowait()
+    if len(body) > limit:
+        raise body_too_large(limit)
+    return body
 
 
 async def _read_body(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -383,14 +393,3 @@ def _is_model_timeout(status: int, error_type: str, payload: bytes) -> bool:
         str(fields.get(key, "")) for key in ("Message", "message", "OriginalMessage")
     )
     return "timed out" in message.lower()
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    """A short reason for an upstream failure, without request details."""
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return "connection timed out (connect_timeout)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before an answer"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed ({exc.os_error.strerror or type(exc.os_error).__name__})"
-    return type(exc).__name__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 
-import aiohttp
+from gateway.upstream import ConnectFailed, TLSFailed
 
 #: Backoff before retry n (1-based) is uniform in [0, min(cap, base * 2**n)] ("full jitter").
 BACKOFF_BASE_S = 0.05
@@ -25,9 +25,7 @@ THROTTLING_ERRORS = frozenset({"ThrottlingException", "Throttling", "TooManyRequ
 
 def is_connect_failure(exc: BaseException) -> bool:
     """The connection was never established, so nothing was sent (TLS failures will not heal)."""
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return False
-    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return isinstance(exc, ConnectFailed) and not isinstance(exc, TLSFailed)
 
 
 def is_throttled(status: int, error_type: str) -> bool:

@@ -1,31 +1,627 @@
-"""The one pooled client session the gateway forwards through."""
+"""The pooled HTTP/1.1 client the gateway forwards through.
+
+A small protocol-level client in place of aiohttp's ``ClientSession``, which cost more CPU per
+request than all of the gateway's own steps together (see bench/README.md). It does only what
+forwarding a signed request needs:
+
+- It sends exactly the signed head and the body, in one ``writelines``: no header is added
+  (no User-Agent, Accept, Accept-Encoding, Connection), nothing is compressed or decompressed,
+  no cookie is kept, no redirect is followed.
+- One request at a time per connection; finished connections go back to a LIFO pool (the most
+  recently used is reused first, so the others age out) and are closed after ``KEEPALIVE_S``
+  idle. At most ``max_connections`` exist at once; a caller waits for one under its own deadline.
+- Answers are parsed by httptools (the C llhttp parser behind uvicorn and Node.js): bodies framed
+  by Content-Length, chunked (each piece handed on as it arrives, for event streams) or ending
+  with the connection; 1xx answers are skipped.
+
+Errors (all ``UpstreamError``)::
+
+    UpstreamError            the pool is closed, or the request could not be encoded
+    ├── ConnectFailed        no connection could be opened: nothing was sent (retryable)
+    │   ├── ConnectTimedOut  not connected within connect_timeout (retryable)
+    │   └── TLSFailed        the TLS handshake failed: nothing was sent, but it will not heal
+    ├── Disconnected         closed or reset after the request was (or may have been) sent
+    └── ProtocolError        the answer is not HTTP/1.1 we can read
+
+A connection the upstream closes while it sits idle in the pool is dropped as soon as the event
+loop sees the close, so it is never handed out. What is left is a race: the upstream may close a
+connection at the moment we reuse it, before its FIN reaches us. That request then fails with
+``Disconnected`` (a 503 the caller's SDK retries). It is not retried here, because a request
+whose bytes left the gateway may have reached the model; SageMaker's idle close is much longer
+than ``KEEPALIVE_S``, which keeps the race to the case of an upstream closing for its own reasons.
+"""
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import collections
+import os
+import socket
+import ssl
+from collections.abc import Sequence
+from types import TracebackType
+from typing import cast
+from urllib.parse import urlsplit
+
+import aiohappyeyeballs
+import httptools
 
 from gateway.config import Config
 
 #: Idle upstream connections are kept this long for reuse (the runtime's own idle close is longer).
 KEEPALIVE_S = 30.0
+#: Reading from a connection pauses while this much of its answer waits unread, and resumes
+#: below the low mark, so a slow caller never makes the gateway hold a whole large answer.
+READ_HIGH_WATER_BYTES = 256 * 1024
+READ_LOW_WATER_BYTES = 64 * 1024
+#: Delay before trying the upstream's next address when it has several (RFC 8305).
+HAPPY_EYEBALLS_DELAY_S = 0.25
 
 
-def make_client_session(config: Config) -> aiohttp.ClientSession:
-    """A keep-alive session that adds nothing to what we sign and changes nothing it receives.
+class UpstreamError(Exception):
+    """A request to the upstream failed; the subclasses say how far it got."""
 
-    aiohttp would otherwise add User-Agent, Accept, Accept-Encoding and Content-Type after
-    we signed, inflate compressed answers, keep cookies and follow redirects: all off.
+
+class ConnectFailed(UpstreamError):
+    """No connection could be opened, so no byte of the request was sent."""
+
+    def __init__(self, message: str, os_error: OSError | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+
+
+class ConnectTimedOut(ConnectFailed):
+    """No connection within ``connect_timeout``."""
+
+
+class TLSFailed(ConnectFailed):
+    """The TLS handshake or the certificate check failed; retrying will not help."""
+
+
+class Disconnected(UpstreamError):
+    """The connection closed or was reset after the request was (or may have been) sent."""
+
+
+class ProtocolError(UpstreamError):
+    """The upstream's answer is not HTTP/1.1 this client can read."""
+
+
+class UpstreamResponse:
+    """One answer: its status and headers at once, its body read piece by piece.
+
+    Use it as an async context manager (or call :meth:`release`): an answer not read to its
+    end leaves its connection in an unknown state, so the connection is closed, never reused.
     """
-    connector = aiohttp.TCPConnector(
-        limit=config.upstream_pool_size,
-        limit_per_host=0,
-        keepalive_timeout=KEEPALIVE_S,
+
+    __slots__ = (
+        "_by_name",
+        "_chunks",
+        "_complete",
+        "_connection",
+        "_error",
+        "_pending_bytes",
+        "_waiter",
+        "content_length",
+        "headers",
+        "status",
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        raise_for_status=False,
+
+    def __init__(self, connection: _Connection) -> None:
+        self.status = 0
+        #: The headers in the order received, names as sent (values decoded as aiohttp does).
+        self.headers: list[tuple[str, str]] = []
+        #: The Content-Length header's value, None when the body is chunked or ends at close.
+        self.content_length: int | None = None
+        self._by_name: dict[str, str] = {}
+        self._connection: _Connection | None = connection
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._complete = False
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def header(self, lower_name: str) -> str | None:
+        """The first value of the header called ``lower_name`` (lower-case), or None."""
+        return self._by_name.get(lower_name)
+
+    async def read_chunk(self) -> bytes:
+        """What has arrived of the body since the last call, waiting for some; b"" at its end.
+
+        Raises Disconnected or ProtocolError when the body is cut short, after what did arrive
+        has been handed out.
+        """
+        chunks = self._chunks
+        while not chunks:
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._pending_bytes = 0
+        connection = self._connection
+        if connection is not None and connection.reading_paused:
+            connection.resume_reading()
+        return data
+
+    async def read(self, limit_bytes: int) -> bytes:
+        """The body up to ``limit_bytes`` (what is beyond is left unread)."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit_bytes and (chunk := await self.read_chunk()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)[:limit_bytes]
+
+    def release(self) -> None:
+        """Done with this answer: its connection is reused if the body was read to its end,
+        otherwise closed."""
+        connection = self._connection
+        if connection is not None:  # the body did not end (a finished one lets go of it)
+            self._connection = None
+            connection.abort()
+
+    async def __aenter__(self) -> UpstreamResponse:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # Called by the connection, which owns the parser.
+
+    def _set_head(self, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        headers = self.headers
+        by_name = self._by_name
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.decode("utf-8", "surrogateescape")
+            value = raw_value.decode("utf-8", "surrogateescape")
+            headers.append((name, value))
+            by_name.setdefault(name.lower(), value)
+        length = by_name.get("content-length")
+        # The parser has already refused a malformed length; a digits check keeps int() safe.
+        if length is not None and length.isdigit():
+            self.content_length = int(length)
+
+    def _add_body(self, data: bytes) -> int:
+        self._chunks.append(data)
+        self._pending_bytes += len(data)
+        self._wake()
+        return self._pending_bytes
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._connection = None
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self._complete and self._error is None:
+            self._error = error
+            self._connection = None
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection: sends a request, feeds the answer to the parser."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        # httptools looks its callbacks up on this object once, here.
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: UpstreamResponse | None = None
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._informational = False
+        self._ends_at_close = False
+        self._message_done = False
+        self._keep_alive = False
+        self._unexpected = False
+        self.reading_paused = False
+        self.closed = False
+        #: Set by the pool: whether this connection holds one of its slots, is idle in it, and
+        #: since when (loop time).
+        self.counted = False
+        self.pooled = False
+        self.idle_since = 0.0
+
+    # --- used by the pool and the response
+
+    def usable(self) -> bool:
+        """Open, as far as the event loop has seen."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    async def exchange(self, head: bytes, body: bytes) -> UpstreamResponse:
+        """Send one request and wait for its answer's head."""
+        assert self.transport is not None and self._response is None
+        response = self._response = UpstreamResponse(self)
+        self._head_waiter = waiter = asyncio.get_running_loop().create_future()
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+        try:
+            await waiter
+        except BaseException:
+            # Cancelled (deadline, caller gone) or failed: the answer may still come, so this
+            # connection can never carry another request.
+            if self._head_waiter is waiter:
+                self._head_waiter = None
+            self.abort()
+            raise
+        # No clearing of _head_waiter here: by now the connection may carry the next request.
+        return response
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent (an answer is in an unknown state)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close an idle connection."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def resume_reading(self) -> None:
+        """Read again once the caller has taken what was waiting."""
+        self.reading_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio.Transport, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # The head and body go in one write, but a body larger than the socket buffer is
+            # sent in pieces; Nagle would hold its tail back waiting for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self._response is None:
+            # Bytes nobody asked for: an idle connection is no longer in a known state.
+            self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the upstream switched protocols"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"the answer is not valid HTTP/1.1 ({exc})"))
+            return
+        if self._message_done:
+            self._message_done = False
+            # An answer that came before the whole body was sent leaves the rest of the body
+            # queued ahead of any next request: only a connection with nothing queued is reused.
+            if (
+                self._keep_alive
+                and not self._unexpected
+                and not self.closed
+                and self.transport is not None
+                and not self.transport.get_write_buffer_size()
+            ):
+                if self.reading_paused:
+                    self.resume_reading()
+                self._pool.release(self)
+            else:
+                self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        response = self._response
+        if response is not None:
+            if exc is None and self._ends_at_close and response.status:
+                self._response = None  # the body was framed by the close: it is complete
+                response._finish()
+            else:
+                what = "reset" if exc is not None else "closed"
+                when = "an answer" if not response.status else "the answer ended"
+                self._fail(Disconnected(f"the connection was {what} before {when}"))
+        self._pool.forget(self)
+
+    # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._response is None:  # a second answer to one request
+            self._unexpected = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        response = self._response
+        raw_headers, self._raw_headers = self._raw_headers, []
+        if response is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._informational = True  # 100 Continue, 103 Early Hints: the answer follows
+            return
+        response._set_head(status, raw_headers)
+        framed = "content-length" in response._by_name or response._by_name.get(
+            "transfer-encoding", ""
+        ).lower().endswith("chunked")
+        self._ends_at_close = not framed and status not in (204, 304)
+        waiter, self._head_waiter = self._head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        response = self._response
+        if response is None:
+            return
+        if response._add_body(body) > READ_HIGH_WATER_BYTES and not self.reading_paused:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        response = self._response
+        if response is None:
+            return
+        self._response = None
+        self._keep_alive = self._parser.should_keep_alive()
+        self._message_done = True
+        response._finish()
+
+    def _fail(self, error: UpstreamError) -> None:
+        """The exchange under way cannot finish: tell whoever waits, and close."""
+        response, self._response = self._response, None
+        waiter, self._head_waiter = self._head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        elif response is not None:
+            response._fail(error)
+        self.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream origin, at most ``max_connections`` at once."""
+
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        keepalive_s: float = KEEPALIVE_S,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(upstream_url)
+        self._host = parts.hostname or ""
+        self._tls = parts.scheme == "https"
+        self._port = parts.port or (443 if self._tls else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
+        self._max_connections = max_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._keepalive_s = keepalive_s
+        #: Open connections (in use or idle), plus slots reserved for connects under way.
+        self._slots_used = 0
+        self._connections: set[_Connection] = set()
+        #: Idle connections, oldest first: reuse takes the newest, the idle sweep the oldest.
+        self._idle: list[_Connection] = []
+        #: Callers waiting for a connection: each gets one handed over, or None (a slot freed:
+        #: open a new one).
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open now, idle or carrying a request."""
+        return len(self._connections)
+
+    @property
+    def idle_connections(self) -> int:
+        """How many open connections wait in the pool for a request."""
+        return len(self._idle)
+
+    async def request(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> UpstreamResponse:
+        """Send ``method target`` with exactly ``headers`` and ``body``; return the answer once
+        its head has arrived. The caller bounds the whole call with its own deadline."""
+        head = encode_head(method, target, headers)
+        connection = await self._acquire()
+        return await connection.exchange(head, body)
+
+    async def close(self) -> None:
+        """Close every connection, idle or in use; waiting and later requests fail."""
+        self._closed = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        for connection in self._idle:
+            connection.pooled = False
+        self._idle.clear()
+        for connection in list(self._connections):
+            connection.abort()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamError("the upstream connection pool is closed"))
+        await asyncio.sleep(0)  # let the transports report connection_lost
+
+    # --- called by connections
+
+    def release(self, connection: _Connection) -> None:
+        """``connection`` finished an exchange and may carry another."""
+        if self._closed:
+            connection.close()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = now = loop.time()
+        connection.pooled = True
+        self._idle.append(connection)
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_at(now + self._keepalive_s, self._sweep)
+
+    def forget(self, connection: _Connection) -> None:
+        """``connection`` is closed: drop it, and give its slot to a waiting caller."""
+        self._connections.discard(connection)
+        if connection.pooled:
+            connection.pooled = False
+            self._idle.remove(connection)
+        if connection.counted:
+            connection.counted = False
+            self._free_slot()
+
+    # --- internals
+
+    async def _acquire(self) -> _Connection:
+        while True:
+            idle = self._idle
+            while idle:
+                connection = idle.pop()
+                connection.pooled = False
+                if connection.usable():
+                    return connection
+                connection.abort()
+            if self._closed:
+                raise UpstreamError("the upstream connection pool is closed")
+            if self._slots_used < self._max_connections:
+                self._slots_used += 1
+                return await self._open()
+            handed = await self._wait()
+            if handed is None:
+                return await self._open()
+            if handed.usable():
+                return handed
+            # It closed while being handed over; its slot went to someone else: go round again.
+
+    async def _wait(self) -> _Connection | None:
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed something just as we were cancelled: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    self._free_slot()
+                else:
+                    self.release(handed)
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    async def _open(self) -> _Connection:
+        """Open a connection in a slot already reserved for it."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                # Resolved and raced here rather than by create_connection, whose own happy
+                # eyeballs uvloop does not offer (aiohappyeyeballs is aiohttp's choice too).
+                addresses = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+                sock = await aiohappyeyeballs.start_connection(
+                    addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S, loop=loop
+                )
+                try:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self),
+                        sock=sock,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._tls else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+        except BaseException as exc:
+            self._free_slot()
+            if isinstance(exc, TimeoutError):
+                raise ConnectTimedOut("connection timed out (connect_timeout)") from None
+            if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+                raise TLSFailed(f"TLS handshake failed ({exc})", exc) from None
+            if isinstance(exc, OSError):
+                raise ConnectFailed(f"connection failed ({_reason(exc)})", exc) from None
+            raise
+        if self._closed or connection.closed:
+            # Not yet counted, so its connection_lost frees nothing: the slot is freed here.
+            connection.abort()
+            self._free_slot()
+            if self._closed:
+                raise UpstreamError("the upstream connection pool is closed")
+            raise ConnectFailed("the connection closed as soon as it opened")
+        connection.counted = True
+        self._connections.add(connection)
+        return connection
+
+    def _free_slot(self) -> None:
+        self._slots_used -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._slots_used += 1  # reserved for the waiter, which opens a connection
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than keepalive_s."""
+        self._sweep_handle = None
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        expired_at = loop.time() - self._keepalive_s
+        while idle and idle[0].idle_since <= expired_at:
+            connection = idle.pop(0)
+            connection.pooled = False
+            connection.close()
+        if idle:
+            self._sweep_handle = loop.call_at(idle[0].idle_since + self._keepalive_s, self._sweep)
+
+
+def _reason(error: OSError) -> str:
+    """What went wrong, without the address asyncio puts in its connect errors."""
+    if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
+        return os.strerror(error.errno)
+    return error.strerror or type(error).__name__
+
+
+def encode_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The request line and header block, exactly these headers in this order."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend([f"{name}: {value}\r\n" for name, value in headers])
+    lines.append("\r\n")
+    head = "".join(lines).encode()
+    # A CR or LF inside a name or value would split it into headers we never signed.
+    line_count = len(headers) + 2
+    if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
+        raise ValueError("a request header contains a line break")
+    return head
+
+
+def make_upstream_pool(config: Config) -> UpstreamPool:
+    """The gateway's pool to ``config.upstream_url``, sized and timed by ``config``."""
+    return UpstreamPool(
+        config.upstream_url,
+        max_connections=config.upstream_pool_size,
+        connect_timeout_s=config.connect_timeout_s,
     )
