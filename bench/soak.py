@@ -62,6 +62,34 @@ async def big_bodies(gateway_url: str, pid: int, concurrency: int, rounds: int) 
     }
 
 
+async def streams(gateway_url: str, pid: int, count: int) -> dict:
+    """RSS while ``count`` response streams (20 parts, 50 ms apart) are relayed at once."""
+    before = proc_status(pid)["VmRSS"]
+    peak = before
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> int:
+            url = f"{gateway_url}/endpoints/stream-20-50/invocations-response-stream"
+            async with session.post(url, data=b"x" * 2000) as response:
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                return size
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, proc_status(pid)["VmRSS"])
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        sizes = await asyncio.gather(*(one() for _ in range(count)))
+        sampler.cancel()
+    assert all(size > 2000 for size in sizes), sizes
+    return {"streams": count, "rss_before_kb": before, "rss_peak_kb": peak}
+
+
 async def soak(gateway_url: str, pid: int, duration_s: float, concurrency: int) -> list[dict]:
     """Mixed traffic for ``duration_s``; a sample of the process every tenth of the run."""
     samples: list[dict] = []
@@ -116,13 +144,18 @@ def main() -> int:
     with emulator_and_gateway("--upstream-timeout", "5", "--log-level", "warning") as running:
         memory = asyncio.run(big_bodies(running.gateway_url, running.gateway_pid, 40, 3))
         print("40 x 5 MB:", json.dumps(memory))
+        relayed = asyncio.run(streams(running.gateway_url, running.gateway_pid, 100))
+        print("100 streams:", json.dumps(relayed))
         samples = asyncio.run(
             soak(running.gateway_url, running.gateway_pid, args.duration, args.concurrency)
         )
     verdict = {key: round(growth(samples, key), 3) for key in ("VmRSS", "fds", "tasks")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(
-        json.dumps({"big_bodies": memory, "samples": samples, "growth": verdict}, indent=2)
+        json.dumps(
+            {"big_bodies": memory, "streams": relayed, "samples": samples, "growth": verdict},
+            indent=2,
+        )
     )
     print("growth, last third over middle third:", verdict)
     # Memory may settle a little; file descriptors and tasks must not creep.
