@@ -19,6 +19,7 @@ MAX_HEADER_CHARS = 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _FIELD_BYTES = re.compile(rb"[\x20-\x7e\t]*")
 _DIGITS = re.compile(r"-?[0-9]{1,10}")
+_PATTERN = "Member must satisfy regular expression pattern: "
 
 
 def validate_framing(raw_target: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
@@ -49,19 +50,10 @@ def validate_endpoint_name(raw_name: str, operation: Operation) -> str:
     """
     max_len = operation.endpoint_name_max_length
     if len(raw_name) > max_len:
-        raise ValidationError(
-            f"Value at 'endpointName' failed to satisfy constraint: "
-            f"Member must have length less than or equal to {max_len} "
-            f"(got {len(raw_name)} characters)",
-            reason="endpoint_name",
-        )
+        raise _broken("endpointName", _too_long(max_len, len(raw_name)), "endpoint_name")
     if not operation.endpoint_name_pattern.fullmatch(raw_name):
-        raise ValidationError(
-            f"Value at 'endpointName' failed to satisfy constraint: "
-            "Member must satisfy regular expression pattern: "
-            f"{operation.endpoint_name_pattern_text}",
-            reason="endpoint_name",
-        )
+        pattern = operation.endpoint_name_pattern_text
+        raise _broken("endpointName", _PATTERN + pattern, "endpoint_name")
     return raw_name
 
 
@@ -69,63 +61,55 @@ def validate_header(rule: HeaderRule, value: str) -> str:
     """Accept one request header value under the model's rule for it, or raise."""
     field = rule.wire_name
     if len(value) > MAX_HEADER_CHARS:
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
-            f"Member must have length less than or equal to {MAX_HEADER_CHARS} "
-            f"(got {len(value)} characters)",
-            reason="header_too_long",
-        )
+        raise _broken(field, _too_long(MAX_HEADER_CHARS, len(value)), "header_too_long")
     if not _PRINTABLE_ASCII.fullmatch(value):
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
-            "Member must contain only printable US-ASCII characters",
-            reason="header_not_ascii",
+        raise _broken(
+            field, "Member must contain only printable US-ASCII characters", "header_not_ascii"
         )
     if rule.kind == "integer":
         return _validate_integer(rule, value)
     if rule.max_length is not None and len(value) > rule.max_length:
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
-            f"Member must have length less than or equal to {rule.max_length} "
-            f"(got {len(value)} characters)",
-            reason="header_too_long",
-        )
+        raise _broken(field, _too_long(rule.max_length, len(value)), "header_too_long")
     if rule.min_length is not None and len(value) < rule.min_length:
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
+        raise _broken(
+            field,
             f"Member must have length greater than or equal to {rule.min_length}",
-            reason="header_invalid",
+            "header_invalid",
         )
     if rule.pattern is not None and not rule.pattern.fullmatch(value):
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
-            f"Member must satisfy regular expression pattern: {rule.pattern_text}",
-            reason="header_invalid",
-        )
+        raise _broken(field, _PATTERN + str(rule.pattern_text), "header_invalid")
     return value
 
 
 def _validate_integer(rule: HeaderRule, value: str) -> str:
     field = rule.wire_name
     if not _DIGITS.fullmatch(value):
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: Member must be an integer",
-            reason="header_invalid",
-        )
+        raise _broken(field, "Member must be an integer", "header_invalid")
     number = int(value)
     if rule.min_value is not None and number < rule.min_value:
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
+        raise _broken(
+            field,
             f"Member must have value greater than or equal to {rule.min_value}",
-            reason="header_invalid",
+            "header_invalid",
         )
     if rule.max_value is not None and number > rule.max_value:
-        raise ValidationError(
-            f"Value at '{field}' failed to satisfy constraint: "
+        raise _broken(
+            field,
             f"Member must have value less than or equal to {rule.max_value}",
-            reason="header_invalid",
+            "header_invalid",
         )
     return value
+
+
+def _too_long(limit: int, length: int) -> str:
+    return f"Member must have length less than or equal to {limit} (got {length} characters)"
+
+
+def _broken(field: str, rule: str, reason: str) -> ValidationError:
+    """The service's wording for a value that breaks one of its constraints."""
+    return ValidationError(
+        f"Value at '{field}' failed to satisfy constraint: {rule}", reason=reason
+    )
 
 
 def body_limit(operation: Operation, max_body_bytes: int) -> int:
