@@ -55,6 +55,7 @@ def make_app(
         registry,
         component_label=config.inference_component_label,
         multiprocess=multiprocess_dir() is not None,
+        max_endpoint_labels=config.max_endpoint_labels,
     )
     state = GatewayState()
     proxy = Proxy(config, load_operations(), credentials, metrics, logger, state)

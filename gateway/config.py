@@ -53,6 +53,7 @@ class Config:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
     inference_component_label: bool = False
+    max_endpoint_labels: int = 500
     workers: int = 1
 
     @property
@@ -270,6 +271,12 @@ OPTIONS = (
         "workers",
         _positive_int,
         "processes sharing the port (SO_REUSEPORT), metrics summed over them; needs a fixed port",
+    ),
+    Option(
+        "max_endpoint_labels",
+        "max_endpoint_labels",
+        _positive_int,
+        'endpoint names that become metric labels; later ones count as endpoint="_other"',
     ),
     Option(
         "inference_component_label",

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from gateway import __version__
 
 PREFIX = "sagemaker_gateway_"
+#: The endpoint label of names past max_endpoint_labels; "_" keeps it apart from real names.
+OTHER_ENDPOINTS = "_other"
 
 #: From half a millisecond (the gateway's own overhead) to past the model's 60-second limit:
 #: 58 and 62 bracket it, so answers that hit the limit stand apart from slow ones that did not.
@@ -68,10 +70,18 @@ class Metrics:
         *,
         component_label: bool = False,
         multiprocess: bool = False,
+        max_endpoint_labels: int = 500,
     ) -> None:
-        """``multiprocess``: values live in PROMETHEUS_MULTIPROC_DIR, summed over --workers."""
+        """``multiprocess``: values live in PROMETHEUS_MULTIPROC_DIR, summed over --workers.
+
+        At most ``max_endpoint_labels`` endpoint names become label values; later ones are
+        counted under ``OTHER_ENDPOINTS``. Without an endpoint allowlist any well-formed name
+        is forwarded, so this bounds the series a caller can create by inventing names.
+        """
         self.registry = registry
         self.multiprocess = multiprocess
+        self.max_endpoint_labels = max_endpoint_labels
+        self._endpoints: set[str] = set()
         # Label children, looked up once per label set instead of once per request (the
         # families themselves bound how many there are).
         self._series: dict[tuple[str, ...], _Series] = {}
@@ -151,11 +161,21 @@ class Metrics:
                 registry=registry,
             ).set_function(_event_loop_tasks)
 
+    def endpoint_label(self, endpoint: str) -> str:
+        """The label value for ``endpoint``: its name, or OTHER_ENDPOINTS past the budget."""
+        if endpoint in self._endpoints:
+            return endpoint
+        if len(self._endpoints) < self.max_endpoint_labels:
+            self._endpoints.add(endpoint)
+            return endpoint
+        return OTHER_ENDPOINTS
+
     def in_flight_for(self, endpoint: str) -> Any:
         """The in-flight gauge of ``endpoint`` (its label child, looked up once)."""
-        gauge = self._in_flight.get(endpoint)
+        label = self.endpoint_label(endpoint)
+        gauge = self._in_flight.get(label)
         if gauge is None:
-            gauge = self._in_flight[endpoint] = self.in_flight.labels(endpoint)
+            gauge = self._in_flight[label] = self.in_flight.labels(label)
         return gauge
 
     def reject(self, reason: str) -> None:
@@ -164,15 +184,16 @@ class Metrics:
 
     def record(self, outcome: Outcome) -> None:
         """Count one finished request with a valid endpoint name."""
-        labels: tuple[str, ...] = (outcome.endpoint, outcome.variant, outcome.operation)
+        endpoint = self.endpoint_label(outcome.endpoint)
+        labels: tuple[str, ...] = (endpoint, outcome.variant, outcome.operation)
         if self.component_label:
             labels = (*labels, outcome.inference_component)
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = _Series(
                 self.request_duration.labels(*labels),
-                self.request_size.labels(outcome.endpoint, outcome.operation),
-                self.response_size.labels(outcome.endpoint, outcome.operation),
+                self.request_size.labels(endpoint, outcome.operation),
+                self.response_size.labels(endpoint, outcome.operation),
             )
         outcome_labels = (*labels, str(outcome.status), outcome.error)
         counter = self._counters.get(outcome_labels)
@@ -187,7 +208,7 @@ class Metrics:
                 upstream = self._upstream[labels] = self.upstream_duration.labels(*labels)
             upstream.observe(outcome.upstream_duration_s)
         if outcome.model_timeout:
-            self.model_timeouts.labels(outcome.endpoint, outcome.variant).inc()
+            self.model_timeouts.labels(endpoint, outcome.variant).inc()
         series.request_size.observe(outcome.request_bytes)
         series.response_size.observe(outcome.response_bytes)
 

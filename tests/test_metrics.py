@@ -269,3 +269,22 @@ async def test_a_caller_that_hangs_up_is_counted_as_499(gateway, registry, journ
     labels = {"endpoint": "hang", "variant": "unknown", "operation": "InvokeEndpoint",
               "status": "499", "error": "ClientClosedRequest"}  # fmt: skip
     await poll(lambda: registry.get_sample_value(P + "requests_total", labels) == 1)
+
+
+async def test_endpoint_names_past_the_label_budget_count_as_other(start_gateway):
+    """With max_endpoint_labels 2, a third endpoint name is counted under endpoint="_other"
+    (in requests_total and in_flight): invented names cannot grow the series without bound."""
+    gateway = await start_gateway(max_endpoint_labels=2)
+    for endpoint in ("echo", "variants", "echo-invented-1", "echo-invented-2", "echo"):
+        assert (await invoke(gateway, endpoint))[0] == 200
+    registry = gateway.app[METRICS].registry
+    endpoints = {
+        sample.labels["endpoint"]
+        for metric in registry.collect()
+        for sample in metric.samples
+        if "endpoint" in sample.labels
+    }
+    assert endpoints == {"echo", "variants", "_other"}
+    other = {"endpoint": "_other", "variant": "AllTraffic", "operation": "InvokeEndpoint",
+             "status": "200", "error": ""}  # fmt: skip
+    assert registry.get_sample_value(P + "requests_total", other) == 2
