@@ -8,7 +8,6 @@ service team's code would make them.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import EmulatorSettings, make_emulator_app
 from gateway.log import configure_logging
-from gateway.server import GatewayServer
+from gateway.server import GatewayServer, free_port
 from gateway.signing import SigningCredentials
 
 DEMO_ACCESS_KEY = "AKIDDEMO"
@@ -67,7 +66,7 @@ def run_demo() -> int:
 
 
 async def _demo() -> int:
-    emulator_port = _free_port()
+    emulator_port = free_port()
     emulator = make_emulator_app(
         EmulatorSettings(
             credentials={DEMO_ACCESS_KEY: DEMO_SECRET_KEY},
@@ -205,9 +204,3 @@ def _per_variant_summary(exposition: str) -> str:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -19,10 +19,8 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,9 +38,10 @@ from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import EmulatorSettings
 from gateway.emulator.app import running_emulator
-from gateway.server import GatewayServer
+from gateway.server import GatewayServer, free_port
 from gateway.signing import SigningCredentials
 from tests.conftest import ACCESS_KEY, MODEL_TIMEOUT_S, REGION, SECRET_KEY
+from tests.waiting import poll_blocking
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -194,12 +193,6 @@ def post(live_gateway: Gateway, endpoint: str, headers: dict[str, str] | None = 
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def dies_with_us(command: list[str]) -> list[str]:
     """``command`` under setpriv, which has Linux SIGTERM it if pytest dies without cleaning up."""
     setpriv = shutil.which("setpriv")  # util-linux, on every Debian
@@ -282,10 +275,7 @@ class Prometheus:
 
     def wait_until(self, condition: Callable[[], bool], what: str) -> None:
         """Poll until ``condition`` holds, failing after a deadline."""
-        deadline = time.monotonic() + WAIT_DEADLINE_S
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting until {what}"
-            time.sleep(0.1)
+        poll_blocking(condition, what, deadline_s=WAIT_DEADLINE_S)
 
 
 @pytest.fixture(scope="module")

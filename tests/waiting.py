@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 
@@ -24,3 +25,14 @@ async def poll(
             if result:
                 return
             await asyncio.sleep(interval_s)
+
+
+def poll_blocking(
+    condition: Callable[[], bool], what: str, deadline_s: float = 10.0, interval_s: float = 0.1
+) -> None:
+    """The same for synchronous code (a module-scoped fixture waiting on another process, such
+    as Prometheus finishing a scrape): nothing there can be awaited, so it checks on a timer."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(interval_s)
