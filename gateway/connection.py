@@ -1,112 +1,553 @@
-"""Client connections: a deadline on each request head, a cap on open connections, and
-SageMaker-shaped answers to requests that are not valid HTTP.
+"""Client connections: HTTP/1.1 read with httptools, one request at a time, every wait bounded.
 
-aiohttp's connection handler has no deadline of its own on reading a request's line and
-headers: a client dribbling a head one byte at a time would hold its connection (and a slot
-of ``max_connections``) for as long as it liked. ``GatewayRequestHandler`` starts a timer at
-the first byte of each head and closes the connection when the head is not complete in time.
+Written here rather than served by aiohttp's web stack because the gateway's whole job per
+request is a few microseconds of its own work, and aiohttp's request, middleware and response
+objects cost more than all of it (bench/README.md: ~30 % of the CPU per request). This module
+does only what the gateway's routes need, on the parser uvicorn and Node.js use (llhttp):
+
+- One request at a time per connection; pipelined requests wait their turn (reading pauses
+  meanwhile). Keep-alive as HTTP/1.1 and 1.0 define it; ``Expect: 100-continue`` is answered
+  when the handler first waits for the body, so a refused request's body is never sent.
+- Deadlines: the head must arrive within ``head_timeout`` of its first byte (a connection that
+  never sends counts from its opening), an idle keep-alive connection closes after
+  ``keepalive_timeout``. The body's deadline and the answer's are the handler's.
+- Limits: a head of at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` fields; reading pauses while
+  ``READ_HIGH_WATER_BYTES`` of a body wait unread, and writing waits while the caller is slow.
+- What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF, ...)
+  and an oversized head get a SageMaker-shaped 400 (``ValidationError``), then the connection
+  closes. A caller that goes away cancels its handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
-from collections.abc import Callable
-from typing import Any
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+import httptools
+import structlog
 
-from gateway.errors import ERROR_TYPE_HEADER, REQUEST_ID_HEADER, new_request_id
+from gateway.errors import (
+    ERROR_TYPE_HEADER,
+    REQUEST_ID_HEADER,
+    GatewayError,
+    InternalFailure,
+    MethodNotAllowed,
+    ValidationError,
+    new_request_id,
+)
+
+#: A request line and headers larger than this are refused (aiohttp and nginx allow 8 KiB a
+#: line; a signed call with a long session token stays well under this).
+MAX_HEAD_BYTES = 32 * 1024
+MAX_HEADERS = 100
+#: Reading pauses while this much of a request body waits for the handler, resumes below it.
+READ_HIGH_WATER_BYTES = 256 * 1024
 
 Reject = Callable[[str], None]
-Handler = Callable[[web.Request], Any]
+Handler = Callable[["Request", "Response"], Awaitable[None]]
 
-_ERROR_TYPES = {400: "ValidationError", 413: "ValidationError", 431: "ValidationError"}
+_log = structlog.get_logger("gateway")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus
+}
 
 
-class GatewayRequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol, with a head deadline and SageMaker-shaped errors."""
+class BadRequest(Exception):
+    """The request's framing breaks a limit of this server (raised inside parser callbacks)."""
 
-    __slots__ = ("_awaiting_head", "_head_timeout_s", "_head_timer", "_on_reject")
+
+class RequestBody:
+    """A request's body as it arrives: taken whole when it is all there, else piece by piece."""
+
+    __slots__ = ("_chunks", "_connection", "_continue", "_size", "_waiter", "complete")
+
+    def __init__(self, connection: HttpConnection, expect_continue: bool) -> None:
+        self._connection = connection
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue = expect_continue
+        #: Every byte of the body has been received (it may not all have been read yet).
+        self.complete = False
+
+    def take(self) -> bytes:
+        """Everything received and not yet read."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        self._connection.body_consumed()
+        return data
+
+    async def read_chunk(self) -> bytes:
+        """What arrived since the last read, waiting for some; b"" once the body has ended."""
+        if self._continue:  # the handler wants the body: now the client may send it
+            self._continue = False
+            self._connection.write_raw(_CONTINUE)
+        while not self._chunks:
+            if self.complete:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter  # a caller that goes away cancels the handler, and this
+            finally:
+                self._waiter = None
+        return self.take()
+
+    def _feed(self, data: bytes) -> int:
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wake()
+        return self._size
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._continue = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Request:
+    """A request whose head has arrived: method, raw target, headers and the body to come."""
+
+    __slots__ = ("body", "content_length", "headers", "keep_alive", "method", "raw_headers",
+                 "target")  # fmt: skip
 
     def __init__(
-        self, manager: web.Server, *, head_timeout_s: float, on_reject: Reject, **kwargs: Any
+        self,
+        method: str,
+        target: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body: RequestBody,
     ) -> None:
-        super().__init__(manager, **kwargs)
+        self.method = method
+        #: The request target exactly as sent (path and query, nothing decoded).
+        self.target = target
+        self.raw_headers = raw_headers
+        #: Names as sent; values decoded as latin-1 so that no byte is lost or invented.
+        self.headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                        for name, value in raw_headers]  # fmt: skip
+        self.keep_alive = keep_alive
+        self.body = body
+        #: The Content-Length header's value (the parser has refused malformed or repeated
+        #: ones); None for a chunked body or none.
+        self.content_length: int | None = None
+        for name, value in raw_headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                self.content_length = int(value)
+
+
+class Response:
+    """The answer to one request: sent whole with :meth:`send`, or streamed with :meth:`start`,
+    :meth:`write` and :meth:`finish`."""
+
+    __slots__ = ("_chunked", "_connection", "_head_only", "_keep_alive", "finished", "started")
+
+    def __init__(self, connection: HttpConnection, request: Request) -> None:
+        self._connection = connection
+        self._head_only = request.method == "HEAD"
+        self._keep_alive = request.keep_alive
+        self._chunked = False
+        self.started = False
+        self.finished = False
+
+    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """The whole answer in one write."""
+        head = self._head(status, headers, len(body))
+        self._connection.write_raw(head if self._head_only else head + body)
+        self.started = self.finished = True
+
+    def send_error(self, error: GatewayError, request_id: str) -> None:
+        """The SageMaker-shaped answer for ``error``: status, ErrorType header, JSON message."""
+        headers = [
+            ("Content-Type", "application/json"),
+            (ERROR_TYPE_HEADER, error.error_type),
+            (REQUEST_ID_HEADER, request_id),
+        ]
+        if isinstance(error, MethodNotAllowed):
+            headers.append(("Allow", error.allowed))
+        self.send(error.status, headers, json.dumps({"message": error.message}).encode())
+
+    def send_json(self, status: int, fields: dict[str, str]) -> None:
+        """A small JSON answer (health and readiness)."""
+        self.send(status, [("Content-Type", "application/json")], json.dumps(fields).encode())
+
+    def start(
+        self, status: int, headers: list[tuple[str, str]], content_length: int | None
+    ) -> None:
+        """Send the head of an answer whose body follows (chunked when its length is unknown)."""
+        # HTTP/1.0 callers (never kept alive here) read an unframed body to the close.
+        self._chunked = content_length is None and not self._head_only and self._keep_alive
+        self._connection.write_raw(self._head(status, headers, content_length))
+        self.started = True
+
+    async def write(self, data: bytes) -> None:
+        """Send part of the body; waits while the caller reads slower than it arrives."""
+        if not data or self._head_only:
+            return
+        connection = self._connection
+        if self._chunked:
+            connection.write_raw(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            connection.write_raw(data)
+        if connection.write_paused:
+            await connection.drain()
+
+    def finish(self) -> None:
+        """The body is complete."""
+        if self._chunked:
+            self._connection.write_raw(b"0\r\n\r\n")
+        self.finished = True
+
+    def abort(self) -> None:
+        """The answer cannot be completed: cut the connection so the caller sees it fail."""
+        self.finished = True
+        self._connection.abort()
+
+    def _head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> bytes:
+        connection = self._connection
+        lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        if length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
+        elif self._chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        lines.append(connection.date_line())
+        if connection.close_after_response or not self._keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        # The upstream's values were decoded this way, so they go back byte for byte; the
+        # gateway's own values are ASCII.
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class ConnectionRegistry:
+    """The open connections of one listener, so that a shutdown can find and close them."""
+
+    def __init__(self) -> None:
+        self.connections: set[HttpConnection] = set()
+        self._emptied: asyncio.Event | None = None
+
+    def add(self, connection: HttpConnection) -> None:
+        self.connections.add(connection)
+
+    def discard(self, connection: HttpConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._emptied is not None:
+            self._emptied.set()
+
+    def close_idle(self) -> None:
+        """Close connections between requests now; the others close after their answer."""
+        for connection in list(self.connections):
+            connection.close_when_idle()
+
+    async def wait_closed(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every connection to close, then cut what is left."""
+        if self.connections:
+            self._emptied = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._emptied.wait()
+            except TimeoutError:
+                for connection in list(self.connections):
+                    connection.abort()
+            finally:
+                self._emptied = None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection, parsed by httptools, its requests answered by ``handler``."""
+
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        handler: Handler,
+        *,
+        head_timeout_s: float,
+        keepalive_timeout_s: float,
+        on_reject: Reject,
+    ) -> None:
+        self._registry = registry
+        self._handler = handler
         self._head_timeout_s = head_timeout_s
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._awaiting_head = True
+        self._keepalive_timeout_s = keepalive_timeout_s
         self._on_reject = on_reject
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        # httptools looks its callbacks up on this object once, here.
+        self._parser = httptools.HttpRequestParser(self)
+        self._timer: asyncio.TimerHandle | None = None
+        # The head being parsed.
+        self._in_head = False
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        #: The request whose body the parser is reading (it may wait behind the active one).
+        self._parsing: Request | None = None
+        #: The request being answered, its task, and requests waiting behind it.
+        self._active: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pipeline: collections.deque[Request] = collections.deque()
+        self._reading_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.write_paused = False
+        self.close_after_response = False
+        self.closed = False
+
+    # --- used by requests and responses
+
+    def write_raw(self, data: bytes) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the caller has taken what is buffered for it (or has gone)."""
+        if self.write_paused and not self.closed:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def body_consumed(self) -> None:
+        if self._reading_paused and not self._pipeline:
+            self._resume_reading()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close_when_idle(self) -> None:
+        """Close now if between requests; otherwise once the request under way is answered."""
+        self.close_after_response = True
+        if self._active is None and not self._in_head:
+            self._close()
+
+    def date_line(self) -> str:
+        return _http_date_line()
+
+    # --- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # uvloop's transports do not derive from asyncio.Transport, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._registry.add(self)
         # A connection that never sends a byte is the same threat as one that sends slowly.
-        self._arm_head_timer()
+        self._set_timer(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_head and self._head_timer is None:
-            self._arm_head_timer()
-        super().data_received(data)
+        if self.closed:
+            return
+        if not self._in_head and self._parsing is None:
+            # The first bytes of a new head: its deadline starts now.
+            self._in_head = True
+            self._head_bytes = 0
+            self._set_timer(self._head_timeout_s, self._head_expired)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse("protocol upgrades are not supported")
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, BadRequest):
+                raise
+            self._refuse(str(cause))
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(str(exc))
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self._registry.discard(self)
+        if self._task is not None:
+            self._task.cancel()  # the caller is gone: so is the reason to finish its request
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the caller closed the connection"))
 
-    def head_received(self) -> None:
-        """A request's head was parsed: its deadline no longer applies."""
-        self._awaiting_head = False
-        self._cancel_head_timer()
+    def pause_writing(self) -> None:
+        self.write_paused = True
 
-    def request_finished(self) -> None:
-        """The handler returned: the next bytes on this connection start a new head."""
-        self._awaiting_head = True
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    def handle_error(
-        self,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """Answer a request aiohttp could not parse the way the service answers bad requests."""
-        if request.writer.output_size > 0:  # a response is under way: only closing is left
-            raise ConnectionError("response already started; cannot send an error")
-        if status >= 500:
-            self.log_exception("Error handling request", exc_info=exc)
-            error_type, text = "InternalFailure", "The gateway failed to handle the request"
-        else:
-            self._on_reject("bad_http")
-            error_type = _ERROR_TYPES.get(status, "ValidationError")
-            text = f"The request is not valid HTTP/1.1: {_printable(message or str(exc))}"
-        response = web.Response(
-            status=status,
-            body=json.dumps({"message": text}).encode(),
-            content_type="application/json",
-            headers={ERROR_TYPE_HEADER: error_type, REQUEST_ID_HEADER: new_request_id()},
+    # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = []
+        self._raw_headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._raw_headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
+            raise BadRequest(f"the request has more than {MAX_HEADERS} headers")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        target = b"".join(self._url)
+        if len(target) + sum(len(n) + len(v) + 4 for n, v in self._raw_headers) > MAX_HEAD_BYTES:
+            raise BadRequest(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+        self._in_head = False
+        self._cancel_timer()
+        raw_headers = self._raw_headers
+        expect_continue = parser.get_http_version() == "1.1" and any(
+            name.lower() == b"expect" and value.lower() == b"100-continue"
+            for name, value in raw_headers
         )
-        response.force_close()
-        return response
+        request = Request(
+            parser.get_method().decode("ascii"),
+            target.decode("latin-1"),
+            raw_headers,
+            # HTTP/1.0 keep-alive is an old extension no SageMaker client needs.
+            parser.should_keep_alive() and parser.get_http_version() == "1.1",
+            RequestBody(self, expect_continue),
+        )
+        self._parsing = request
+        if self._active is None:
+            self._begin(request)
+        else:  # pipelined: answered in turn; read no further until then
+            self._pipeline.append(request)
+            self._pause_reading()
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self._head_timeout_s, self._head_expired)
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is not None and request.body._feed(body) > READ_HIGH_WATER_BYTES:
+            self._pause_reading()
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def on_message_complete(self) -> None:
+        request, self._parsing = self._parsing, None
+        if request is not None:
+            request.body._finish()
+
+    # --- requests
+
+    def _begin(self, request: Request) -> None:
+        self._active = request
+        self._task = self._loop.create_task(self._answer(request))
+
+    async def _answer(self, request: Request) -> None:
+        response = Response(self, request)
+        try:
+            await self._handler(request, response)
+        except asyncio.CancelledError:
+            return  # the caller went away (connection_lost): nothing to answer
+        except Exception:
+            _log.exception("unhandled_error", path=request.target[:200])
+            if not response.started:
+                error = InternalFailure("The gateway failed to handle the request")
+                self.close_after_response = True
+                response.send_error(error, new_request_id())
+        if not response.finished:
+            response.abort()
+        self._answered(request)
+
+    def _answered(self, request: Request) -> None:
+        self._active = self._task = None
+        if self.closed:
+            return
+        if self.close_after_response or not request.keep_alive or not request.body.complete:
+            # A body the handler refused unread is not read to its end: closing is cheaper
+            # and safer than reading what the caller may never finish sending.
+            self._close()
+            return
+        if self._pipeline:
+            self._begin(self._pipeline.popleft())
+            if not self._pipeline and self._reading_paused:
+                self._resume_reading()
+            return
+        if self._reading_paused:
+            self._resume_reading()
+        if self._in_head:  # the next head began while this request was answered
+            self._set_timer(self._head_timeout_s, self._head_expired)
+        else:
+            self._set_timer(self._keepalive_timeout_s, self._close)
+
+    def _refuse(self, reason: str) -> None:
+        """Answer a request that is not valid HTTP (or breaks a limit) with 400, and close."""
+        self._on_reject("bad_http")
+        self._cancel_timer()
+        self._in_head = False
+        self.close_after_response = True
+        printable = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:200]
+        error = ValidationError(f"The request is not valid HTTP/1.1: {printable}")
+        if self._active is None:
+            request = Request("GET", "", [], False, RequestBody(self, False))
+            Response(self, request).send_error(error, new_request_id())
+            self._close()
+        else:  # the answer under way is sent, then the connection closes
+            self._pipeline.clear()
+            self._parsing = None
+            self._pause_reading()
+
+    # --- plumbing
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
 
     def _head_expired(self) -> None:
-        self._head_timer = None
-        if self._awaiting_head:
+        self._timer = None
+        if self._active is None:
             self._on_reject("head_timeout")
-            self.force_close()
+            self._close()
+
+    def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(delay_s, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None and not self.closed:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self.closed:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
 
 class RefusedConnection(asyncio.Protocol):
-    """Stands in for a handler when ``max_connections`` are open: closes at once."""
+    """Stands in for a connection when ``max_connections`` are open: closes at once."""
 
     def __init__(self, on_reject: Reject) -> None:
         self._on_reject = on_reject
@@ -116,24 +557,13 @@ class RefusedConnection(asyncio.Protocol):
         transport.close()
 
 
-@web.middleware
-async def head_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the connection when its head deadline stops and starts applying."""
-    protocol = request.protocol
-    if not isinstance(protocol, GatewayRequestHandler):  # an aiohttp test server, say
-        response: web.StreamResponse = await handler(request)
-        return response
-    protocol.head_received()
-    try:
-        response = await handler(request)
-        return response
-    finally:
-        protocol.request_finished()
+_date_cache: tuple[int, str] = (-1, "")
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """The parser's reason (its first line), reduced to printable ASCII and a bounded length."""
-    # aiohttp appends the offending bytes (": b'...'"); the caller has them, the reason is enough.
-    first_line = text.strip().split("\n", 1)[0].split(": b'", 1)[0].rstrip(":")
-    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in first_line)
-    return cleaned[:limit]
+def _http_date_line() -> str:
+    """The Date header, formatted once a second rather than once a request."""
+    global _date_cache
+    second = int(time.time())
+    if second != _date_cache[0]:
+        _date_cache = (second, f"Date: {formatdate(second, usegmt=True)}\r\n")
+    return _date_cache[1]

@@ -23,10 +23,7 @@ Errors that come from SageMaker itself (ModelError 424 with its fields, Throttli
 
 from __future__ import annotations
 
-import json
 import uuid
-
-from aiohttp import web
 
 REQUEST_ID_HEADER = "x-amzn-RequestId"
 ERROR_TYPE_HEADER = "x-amzn-ErrorType"
@@ -129,16 +126,3 @@ class InternalFailure(GatewayError):
 def new_request_id() -> str:
     """A fresh request id, in the service's format (a UUID)."""
     return str(uuid.uuid4())
-
-
-def error_response(error: GatewayError, request_id: str) -> web.Response:
-    """The SageMaker-shaped answer for ``error``: status, ErrorType header, JSON message."""
-    headers = {ERROR_TYPE_HEADER: error.error_type, REQUEST_ID_HEADER: request_id}
-    if isinstance(error, MethodNotAllowed):
-        headers["Allow"] = error.allowed
-    return web.Response(
-        status=error.status,
-        body=json.dumps({"message": error.message}).encode(),
-        content_type="application/json",
-        headers=headers,
-    )

@@ -12,12 +12,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
-from aiohttp import web
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from gateway.config import Config
+from gateway.connection import Request, RequestBody, Response
 from gateway.credentials import CredentialSource
 from gateway.errors import (
     AccessDenied,
@@ -29,7 +28,6 @@ from gateway.errors import (
     Throttled,
     UnknownOperation,
     ValidationError,
-    error_response,
     new_request_id,
 )
 from gateway.headers import response_header_names, select_request_headers, select_response_headers
@@ -92,7 +90,7 @@ class Proxy:
             suffix: body_limit(op, config.max_body_bytes) for suffix, op in operations.items()
         }
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request, response: Response) -> None:
         """Answer one request under ``/endpoints/``."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -103,7 +101,8 @@ class Proxy:
             self.metrics.reject(error.reason)
             self.log.info("request", request_id=request_id, status=error.status,
                           error=error.error_type, reason=error.reason)  # fmt: skip
-            return error_response(error, request_id)
+            response.send_error(error, request_id)
+            return
 
         operation = self.operations[suffix]
         outcome = Outcome(request_id=request_id, operation=operation.name, endpoint=endpoint)
@@ -116,20 +115,16 @@ class Proxy:
                     f"The gateway is handling {self.config.max_concurrent_requests} requests "
                     "(max_concurrent_requests); retry with backoff"
                 )
-            return await self._forward(request, suffix, operation, outcome)
+            await self._forward(request, response, suffix, operation, outcome)
         except GatewayError as error:
             outcome.status, outcome.error = error.status, error.error_type
             if outcome.upstream_duration_s is None:
                 self.metrics.reject(error.reason)
-            response = error_response(error, outcome.request_id)
-            if not request.content.is_eof():
-                # A body we refused unread: close rather than linger reading what the client
-                # may never finish sending, holding the connection through a drain.
-                response.force_close()
-            return response
+            # (A body refused unread closes the connection after this answer.)
+            response.send_error(error, outcome.request_id)
         except asyncio.CancelledError:
-            # The caller went away (aiohttp cancels the handler): nginx's 499, so the request
-            # is not counted as a success with no status.
+            # The caller went away (the connection cancels the handler): nginx's 499, so the
+            # request is not counted as a success with no status.
             outcome.status, outcome.error = 499, "ClientClosedRequest"
             raise
         finally:
@@ -139,9 +134,9 @@ class Proxy:
             self.metrics.record(outcome)
             self.log.info("request", **access_fields(outcome))
 
-    def _route(self, request: web.Request) -> tuple[str, str]:
+    def _route(self, request: Request) -> tuple[str, str]:
         """The operation suffix and the validated endpoint name, read from the raw target."""
-        raw_path, _, raw_query = request.raw_path.partition("?")
+        raw_path, _, raw_query = request.target.partition("?")
         parts = raw_path.split("/")
         if (
             len(parts) != 4
@@ -167,9 +162,14 @@ class Proxy:
         return parts[3], endpoint
 
     async def _forward(
-        self, request: web.Request, suffix: str, operation: Operation, outcome: Outcome
-    ) -> web.StreamResponse:
-        headers = select_request_headers(operation, request.headers.items())
+        self,
+        request: Request,
+        response: Response,
+        suffix: str,
+        operation: Operation,
+        outcome: Outcome,
+    ) -> None:
+        headers = select_request_headers(operation, request.headers)
         requested_variant = next(
             (value for name, value in headers if name.lower() == TARGET_VARIANT_HEADER), None
         )
@@ -181,13 +181,13 @@ class Proxy:
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
         try:
-            if request.content.is_eof():
+            if request.body.complete:
                 # The whole body came with the head (small bodies nearly always do): nothing
                 # to wait for, so no timer to arm.
-                body = _buffered_body(request.content, limit)
+                body = _buffered_body(request.body, limit)
             else:
                 async with asyncio.timeout(self.config.body_timeout_s):
-                    body = await _read_body(request.content, limit)
+                    body = await _read_body(request.body, limit)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request body did not arrive within {self.config.body_timeout_s:g} s "
@@ -202,16 +202,16 @@ class Proxy:
                 reason="no_credentials",
             )
         headers.append(("Content-Length", str(len(body))))
-        return await self._exchange(request, suffix, headers, body, outcome)
+        await self._exchange(response, suffix, headers, body, outcome)
 
     async def _exchange(
         self,
-        request: web.Request,
+        response: Response,
         suffix: str,
         headers: list[tuple[str, str]],
         body: bytes,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Sign and send, retrying where safe, then relay the answer, all within the deadline.
 
         For a response stream the deadline covers the wait for the answer to start; after
@@ -223,7 +223,6 @@ class Proxy:
         sent = loop.time()
         outcome.upstream_duration_s = 0.0  # from here on, the request counts as forwarded
         self.retry_budget.record_request()
-        response: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(self.config.upstream_timeout_s) as deadline:
                 up = await self._send(path, headers, body, deadline)
@@ -237,36 +236,38 @@ class Proxy:
                         payload = await up.read(MAX_ERROR_BODY_BYTES)
                         outcome.model_timeout = _is_model_timeout(up.status, outcome.error, payload)
                         outcome.response_bytes = len(payload)
-                        return web.Response(status=up.status, body=payload, headers=back)
-                    response = web.StreamResponse(status=up.status, headers=back)
-                    if up.content_length is not None:
-                        response.content_length = up.content_length
-                    await response.prepare(request)
+                        response.send(up.status, back, payload)
+                        return
+                    whole = up.read_complete()
+                    if whole is not None:  # the body came with the head: one write for both
+                        outcome.response_bytes = len(whole)
+                        response.send(up.status, back, whole)
+                        return
+                    response.start(up.status, back, up.content_length)
                     if suffix == STREAM_SUFFIX:
                         await self._relay_stream(up, response, outcome, deadline)
                     else:
                         while chunk := await up.read_chunk():
                             outcome.response_bytes += len(chunk)
                             await response.write(chunk)
-                    await response.write_eof()
-                    return response
+                    response.finish()
         # The connect timeout is an UpstreamError, not a TimeoutError: it means "unreachable"
         # (503), not "too slow to answer" (504).
         except UpstreamError as exc:
-            if response is None or not response.prepared:
+            if not response.started:
                 raise ServiceUnavailable(
                     f"SageMaker could not be reached: {exc}", reason="upstream"
                 ) from None
             outcome.error = "UpstreamInterrupted"
-            raise  # the status line is gone: aiohttp closes the connection, the caller sees it cut
+            response.abort()  # the status line is gone: the caller sees the answer cut
         except TimeoutError:
-            if response is None or not response.prepared:
+            if not response.started:
                 raise GatewayTimeout(
                     f"SageMaker did not answer within {self.config.upstream_timeout_s:g} s "
                     "(upstream_timeout)"
                 ) from None
             outcome.error = GatewayTimeout.error_type
-            raise
+            response.abort()
         finally:
             outcome.upstream_duration_s = loop.time() - sent
 
@@ -315,7 +316,7 @@ class Proxy:
     async def _relay_stream(
         self,
         up: UpstreamResponse,
-        response: web.StreamResponse,
+        response: Response,
         outcome: Outcome,
         deadline: asyncio.Timeout,
     ) -> None:
@@ -354,19 +355,19 @@ def _observe_frames(
     return frames
 
 
-def _buffered_body(stream: aiohttp.StreamReader, limit: int) -> bytes:
+def _buffered_body(stream: RequestBody, limit: int) -> bytes:
     """The whole body of a request that has finished arriving, checked against ``limit``."""
-    body = stream.read_nowait()
+    body = stream.take()
     if len(body) > limit:
         raise body_too_large(limit)
     return body
 
 
-async def _read_body(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def _read_body(stream: RequestBody, limit: int) -> bytes:
     """The whole body (SigV4 signs its hash), refused as soon as it passes ``limit``."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := await stream.readany():
+    while chunk := await stream.read_chunk():
         size += len(chunk)
         if size > limit:
             raise body_too_large(limit)

@@ -1,8 +1,6 @@
-"""Run the gateway app on a socket, and stop it without dropping a request.
+"""Run the gateway on its sockets, and stop it without dropping a request.
 
-The listener is ours rather than aiohttp's ``TCPSite`` so that every connection gets
-:class:`gateway.connection.GatewayRequestHandler` (head deadline, connection cap) and so that
-the shutdown steps happen in the order a rolling deploy needs.
+The shutdown steps happen in the order a rolling deploy needs (see :meth:`GatewayServer.stop`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import threading
 from collections.abc import Callable
 
 import structlog
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     PlatformCollector,
@@ -26,9 +23,9 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from gateway.app import METRICS, STATE, make_admin_app, make_app
+from gateway.app import Gateway, make_app
 from gateway.config import Config
-from gateway.connection import GatewayRequestHandler, RefusedConnection
+from gateway.connection import ConnectionRegistry, Handler, HttpConnection, RefusedConnection
 from gateway.log import configure_logging
 
 #: A worker that keeps dying is not restarted forever: the supervisor then runs on with fewer.
@@ -36,20 +33,16 @@ MAX_WORKER_RESTARTS = 10
 
 
 class GatewayServer:
-    """One gateway app listening on one socket."""
+    """One gateway listening on its signing socket (and its admin socket, when configured)."""
 
-    def __init__(self, app: web.Application, config: Config) -> None:
+    def __init__(self, app: Gateway, config: Config) -> None:
         self.app = app
         self.config = config
         self.log = structlog.get_logger("gateway")
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._connections = ConnectionRegistry()
+        self._admin_connections = ConnectionRegistry()
         self._listener: asyncio.Server | None = None
-        self._admin: web.AppRunner | None = None
-        if config.admin_port is not None:
-            # Serves three GET routes; aiohttp's idle deadline doubles as its head deadline.
-            self._admin = web.AppRunner(
-                make_admin_app(app), access_log=None, keepalive_timeout=config.head_timeout_s
-            )
+        self._admin_listener: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
@@ -58,60 +51,62 @@ class GatewayServer:
         return int(self._listener.sockets[0].getsockname()[1])
 
     @property
-    def open_connections(self) -> int:
-        """Client connections open now."""
-        server = self._runner.server
-        return 0 if server is None else len(server.connections)
-
-    async def start(self) -> None:
-        """Run the app's start-up and open the listener."""
-        await self._runner.setup()
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self._new_connection,
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            reuse_port=self.config.workers > 1 or None,  # --workers share the port
-            backlog=1024,
-        )
-        if self._admin is not None:
-            await self._admin.setup()
-            admin_site = web.TCPSite(
-                self._admin,
-                self.config.admin_host,
-                self.config.admin_port,
-                reuse_port=self.config.workers > 1 or None,
-            )
-            await admin_site.start()
-
-    @property
     def admin_port(self) -> int | None:
         """The admin listener's bound port, when there is one."""
-        if self._admin is None:
+        if self._admin_listener is None:
             return None
-        return int(self._admin.addresses[0][1])
+        return int(self._admin_listener.sockets[0].getsockname()[1])
 
-    def _new_connection(self) -> asyncio.Protocol:
-        server = self._runner.server
-        assert server is not None
-        reject = self.app[METRICS].reject
-        if self.open_connections >= self.config.max_connections:
-            return RefusedConnection(reject)
-        return GatewayRequestHandler(
-            server,
-            loop=asyncio.get_running_loop(),
-            head_timeout_s=self.config.head_timeout_s,
-            on_reject=reject,
-            keepalive_timeout=self.config.keepalive_timeout_s,
-            access_log=None,  # our own access line carries what matters, and no secrets
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now on the signing listener."""
+        return len(self._connections.connections)
+
+    async def start(self) -> None:
+        """Start the gateway's background work and open the listeners."""
+        await self.app.start()
+        self._listener = await self._listen(
+            self.config.host, self.config.port, self._connections, self.app.handle
+        )
+        if self.config.admin_port is not None:
+            self._admin_listener = await self._listen(
+                self.config.admin_host,
+                self.config.admin_port,
+                self._admin_connections,
+                self.app.handle_admin,
+            )
+
+    async def _listen(
+        self, host: str, port: int, registry: ConnectionRegistry, handler: Handler
+    ) -> asyncio.Server:
+        config = self.config
+        reject = self.app.metrics.reject
+
+        def new_connection() -> asyncio.Protocol:
+            if len(registry.connections) >= config.max_connections:
+                return RefusedConnection(reject)
+            return HttpConnection(
+                registry,
+                handler,
+                head_timeout_s=config.head_timeout_s,
+                keepalive_timeout_s=config.keepalive_timeout_s,
+                on_reject=reject,
+            )
+
+        return await asyncio.get_running_loop().create_server(
+            new_connection,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=config.workers > 1 or None,  # --workers share the port
+            backlog=1024,
         )
 
     async def stop(self, *, grace_s: float | None = None) -> None:
         """Stop as a rolling deploy needs: every request accepted gets its answer."""
         grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
         # 1. Fail readiness at once so load balancers and the kubelet stop sending.
-        self.app[STATE].draining = True
+        self.app.state.draining = True
         self.log.info("draining", grace_s=grace_s, drain_timeout_s=self.config.drain_timeout_s)
         # 2. Keep taking requests while they notice (0 for a native sidecar, stopped last).
         if grace_s > 0:
@@ -121,15 +116,15 @@ class GatewayServer:
             self._listener.close()
         # 4. Close idle keep-alive connections now, and let in-flight requests finish (their
         #    connections close after the answer), up to drain_timeout.
-        server = self._runner.server
-        if server is not None:
-            server.pre_shutdown()
-            await server.shutdown(self.config.drain_timeout_s)
-        # 5. Close the upstream pool and the credential refresher (the app's cleanup), and
-        #    last the admin listener, which reported 503 on /readyz all along.
-        await self._runner.cleanup()
-        if self._admin is not None:
-            await self._admin.cleanup()
+        self._connections.close_idle()
+        await self._connections.wait_closed(self.config.drain_timeout_s)
+        # 5. Close the upstream pool and the credential refresher, and last the admin
+        #    listener, which reported 503 on /readyz all along.
+        await self.app.close()
+        if self._admin_listener is not None:
+            self._admin_listener.close()
+            self._admin_connections.close_idle()
+            await self._admin_connections.wait_closed(1.0)
         self.log.info("stopped")
 
 

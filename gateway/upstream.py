@@ -149,6 +149,16 @@ class UpstreamResponse:
             connection.resume_reading()
         return data
 
+    def read_complete(self) -> bytes | None:
+        """The whole body if all of it has arrived already (small answers come with their
+        head), else None and nothing is consumed."""
+        if not self._complete:
+            return None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
     async def read(self, limit_bytes: int) -> bytes:
         """The body up to ``limit_bytes`` (what is beyond is left unread)."""
         parts: list[bytes] = []

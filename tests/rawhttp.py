@@ -24,18 +24,31 @@ async def raw_request(host: str, port: int, data: bytes, *, timeout_s: float = 1
         async with asyncio.timeout(timeout_s):
             writer.write(data)
             await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            status_line, *lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0"))
-            body = await reader.readexactly(length) if length else b""
-            return RawResponse(int(status_line.split()[1]), headers, body)
+            return await read_response(reader)
     finally:
         writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> RawResponse:
+    """Read one response: its head, then a body framed by Content-Length or chunked."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+        body = b"".join(parts)
+    else:
+        length = int(headers.get("content-length", "0"))
+        body = await reader.readexactly(length) if length else b""
+    return RawResponse(int(status_line.split()[1]), headers, body)
 
 
 def build_request(

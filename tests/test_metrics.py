@@ -16,7 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
-from gateway.app import METRICS
 from tests.waiting import poll
 
 P = "sagemaker_gateway_"
@@ -248,8 +247,8 @@ async def test_the_inference_component_label_is_opt_in(start_gateway):
     await invoke(labelled, "components", headers=header)
     base = {"endpoint": "components", "variant": "AllTraffic", "operation": "InvokeEndpoint"}
     outcome = {"status": "200", "error": ""}
-    plain_registry = plain.app[METRICS].registry
-    labelled_registry = labelled.app[METRICS].registry
+    plain_registry = plain.app.metrics.registry
+    labelled_registry = labelled.app.metrics.registry
     assert plain_registry.get_sample_value(P + "requests_total", {**base, **outcome}) == 1
     with_component = {**base, **outcome, "inference_component": "ic-7"}
     assert labelled_registry.get_sample_value(P + "requests_total", with_component) == 1
@@ -277,7 +276,7 @@ async def test_endpoint_names_past_the_label_budget_count_as_other(start_gateway
     gateway = await start_gateway(max_endpoint_labels=2)
     for endpoint in ("echo", "variants", "echo-invented-1", "echo-invented-2", "echo"):
         assert (await invoke(gateway, endpoint))[0] == 200
-    registry = gateway.app[METRICS].registry
+    registry = gateway.app.metrics.registry
     endpoints = {
         sample.labels["endpoint"]
         for metric in registry.collect()

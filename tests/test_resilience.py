@@ -10,7 +10,6 @@ import time
 import aiohttp
 import pytest
 
-from gateway.app import METRICS, STATE
 from gateway.credentials import CredentialSource
 from gateway.emulator import JOURNAL, EmulatorSettings
 from gateway.signing import SigningCredentials
@@ -112,7 +111,7 @@ async def test_dribbling_clients_are_cut_at_the_head_deadline_and_others_are_ser
         await asyncio.gather(*dribblers)
     assert min(closed_after) >= 0.9  # not before the deadline
     assert len(journal) == 30
-    rejected = gateway.app[METRICS].registry.get_sample_value(
+    rejected = gateway.app.metrics.registry.get_sample_value(
         "sagemaker_gateway_rejected_requests_total", {"reason": "head_timeout"}
     )
     assert rejected == 200
@@ -129,8 +128,8 @@ async def test_clients_that_disconnect_cancel_their_upstream_requests(start_gate
         writer.write(build_request("POST", "/endpoints/hang/invocations", [], b"{}"))
         await writer.drain()
         writers.append(writer)
-    state = gateway.app[STATE]
-    in_flight = gateway.app[METRICS].registry
+    state = gateway.app.state
+    in_flight = gateway.app.metrics.registry
 
     await poll(lambda: len(journal) == 20)
     assert state.in_flight == 20
@@ -311,7 +310,7 @@ async def test_connections_beyond_max_connections_are_closed_on_arrival(start_ga
     async with asyncio.timeout(5):
         assert await reader.read() == b""
     writer.close()
-    rejected = gateway.app[METRICS].registry.get_sample_value(
+    rejected = gateway.app.metrics.registry.get_sample_value(
         "sagemaker_gateway_rejected_requests_total", {"reason": "connection_limit"}
     )
     assert rejected == 1
@@ -336,7 +335,7 @@ async def test_a_request_at_start_up_waits_for_the_first_credential_lookup(start
     )
     request = build_request("POST", "/endpoints/echo/invocations", [], b"{}")
     pending = asyncio.create_task(raw_request(gateway.host, gateway.port, request))
-    await poll(lambda: gateway.app[STATE].in_flight == 1)
+    await poll(lambda: gateway.app.state.in_flight == 1)
     release.set()
     assert (await pending).status == 200
     assert len(journal) == 1
