@@ -289,7 +289,12 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # httptools looks its callbacks up on this object once, here.
         self._parser = httptools.HttpRequestParser(self)
+        # One timer serves the head and idle deadlines: moving the deadline later (as every
+        # request does) only updates it, and the timer re-arms when it finds it moved.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         # The head being parsed.
         self._in_head = False
         self._head_bytes = 0
@@ -350,7 +355,7 @@ class HttpConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._registry.add(self)
         # A connection that never sends a byte is the same threat as one that sends slowly.
-        self._set_timer(self._head_timeout_s, self._head_expired)
+        self._set_deadline(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -359,7 +364,7 @@ class HttpConnection(asyncio.Protocol):
             # The first bytes of a new head: its deadline starts now.
             self._in_head = True
             self._head_bytes = 0
-            self._set_timer(self._head_timeout_s, self._head_expired)
+            self._set_deadline(self._head_timeout_s, self._head_expired)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -381,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._stop_timer()
         self._registry.discard(self)
         if self._task is not None:
             self._task.cancel()  # the caller is gone: so is the reason to finish its request
@@ -420,7 +425,7 @@ class HttpConnection(asyncio.Protocol):
         if len(target) + sum(len(n) + len(v) + 4 for n, v in self._raw_headers) > MAX_HEAD_BYTES:
             raise BadRequest(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
         self._in_head = False
-        self._cancel_timer()
+        self._on_deadline = None
         raw_headers = self._raw_headers
         expect_continue = parser.get_http_version() == "1.1" and any(
             name.lower() == b"expect" and value.lower() == b"100-continue"
@@ -490,14 +495,14 @@ class HttpConnection(asyncio.Protocol):
         if self._reading_paused:
             self._resume_reading()
         if self._in_head:  # the next head began while this request was answered
-            self._set_timer(self._head_timeout_s, self._head_expired)
+            self._set_deadline(self._head_timeout_s, self._head_expired)
         else:
-            self._set_timer(self._keepalive_timeout_s, self._close)
+            self._set_deadline(self._keepalive_timeout_s, self._close)
 
     def _refuse(self, reason: str) -> None:
         """Answer a request that is not valid HTTP (or breaks a limit) with 400, and close."""
         self._on_reject("bad_http")
-        self._cancel_timer()
+        self._stop_timer()
         self._in_head = False
         self.close_after_response = True
         printable = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:200]
@@ -514,23 +519,39 @@ class HttpConnection(asyncio.Protocol):
     # --- plumbing
 
     def _close(self) -> None:
-        self._cancel_timer()
+        self._stop_timer()
         self.closed = True
         if self._transport is not None:
             self._transport.close()
 
     def _head_expired(self) -> None:
-        self._timer = None
         if self._active is None:
             self._on_reject("head_timeout")
             self._close()
 
-    def _set_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(delay_s, callback)
+    def _set_deadline(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in ``delay_s`` unless the deadline is moved or cleared first."""
+        at = self._loop.time() + delay_s
+        self._deadline, self._on_deadline = at, callback
+        if self._timer is None or self._timer_at > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = self._loop.call_at(at, self._timer_fired), at
 
-    def _cancel_timer(self) -> None:
+    def _timer_fired(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None:
+            return
+        if self._loop.time() < self._deadline:  # moved later since the timer was set
+            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+            self._timer_at = self._deadline
+            return
+        self._on_deadline = None
+        callback()
+
+    def _stop_timer(self) -> None:
+        self._on_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

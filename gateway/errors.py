@@ -23,7 +23,7 @@ Errors that come from SageMaker itself (ModelError 424 with its fields, Throttli
 
 from __future__ import annotations
 
-import uuid
+import os
 
 REQUEST_ID_HEADER = "x-amzn-RequestId"
 ERROR_TYPE_HEADER = "x-amzn-ErrorType"
@@ -124,5 +124,11 @@ class InternalFailure(GatewayError):
 
 
 def new_request_id() -> str:
-    """A fresh request id, in the service's format (a UUID)."""
-    return str(uuid.uuid4())
+    """A fresh request id, in the service's format: a random (version 4) UUID.
+
+    Formatted here from 16 random bytes rather than by ``str(uuid.uuid4())``, which costs
+    more than twice as much and runs for every request.
+    """
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]  # the RFC 4122 variant: binary 10xx
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
+import orjson
 import structlog
 
 from gateway.metrics import Outcome
@@ -20,20 +22,39 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stdout, at ``level`` and above."""
+def configure_logging(level: str, stream: BinaryIO | None = None) -> None:
+    """JSON lines on ``stream`` (standard output), at ``level`` and above.
+
+    One line is written per request, so its cost is in every request's: orjson renders it
+    (a tenth of the standard library's time) and the timestamp's date part is formatted once
+    a second, which together halve the line's cost (bench/README.md).
+    """
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             _add_pid,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_timestamp,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _add_timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """UTC time in ISO 8601 to the microsecond, as structlog's TimeStamper(fmt="iso") writes it."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event["timestamp"] = f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
+    return event
 
 
 def _add_pid(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

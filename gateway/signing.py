@@ -9,6 +9,7 @@ It is checked against the official SigV4 test vectors and against botocore's own
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import posixpath
@@ -37,6 +38,7 @@ class SigningCredentials:
         return f"SigningCredentials(access_key={self.access_key[:4]}…)"
 
 
+@functools.lru_cache(maxsize=1024)  # the gateway signs the same few endpoint paths over and over
 def canonical_uri(raw_path: str) -> str:
     """The path as SigV4 (non-S3 rules) signs it: dot segments resolved, encoded once."""
     path = raw_path or "/"

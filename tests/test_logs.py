@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from collections.abc import Iterator
 
 import aiohttp
@@ -164,12 +163,11 @@ async def test_no_body_credential_signature_or_custom_attribute_is_ever_logged(g
 
 
 @pytest.fixture
-def json_stdout(monkeypatch) -> Iterator[io.StringIO]:
+def json_stdout() -> Iterator[io.BytesIO]:
     """configure_logging("info") writing to a buffer; the previous configuration put back after."""
     saved = structlog.get_config()
-    buffer = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", buffer)
-    configure_logging("info")
+    buffer = io.BytesIO()
+    configure_logging("info", buffer)
     yield buffer
     structlog.configure(**saved)
 
