@@ -65,9 +65,11 @@ class BadRequest(Exception):
 
 
 class RequestBody:
-    """A request's body as it arrives: taken whole when it is all there, else piece by piece."""
+    """A request's body as it arrives, handed over whole: the gateway signs its hash, so it
+    never forwards part of one."""
 
-    __slots__ = ("_chunks", "_connection", "_continue", "_size", "_waiter", "complete")
+    __slots__ = ("_chunks", "_connection", "_continue", "_size", "_waiter", "complete",
+                 "high_water")  # fmt: skip
 
     def __init__(self, connection: HttpConnection, expect_continue: bool) -> None:
         self._connection = connection
@@ -75,11 +77,13 @@ class RequestBody:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue = expect_continue
-        #: Every byte of the body has been received (it may not all have been read yet).
+        #: Every byte of the body has been received (it may not have been taken yet).
         self.complete = False
+        #: Reading from the connection pauses while more than this waits here.
+        self.high_water = READ_HIGH_WATER_BYTES
 
     def take(self) -> bytes:
-        """Everything received and not yet read."""
+        """Everything received and not yet taken."""
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -87,25 +91,30 @@ class RequestBody:
         self._connection.body_consumed()
         return data
 
-    async def read_chunk(self) -> bytes:
-        """What arrived since the last read, waiting for some; b"" once the body has ended."""
+    async def read_all(self, limit: int) -> bytes | None:
+        """The whole body once it has all arrived, or None as soon as it passes ``limit``.
+
+        Up to ``limit`` reading does not pause (the caller holds the whole body anyway), and the
+        pieces are joined once, so a body is held once plus one copy, not several.
+        """
+        self.high_water = limit
+        self._connection.body_consumed()
         if self._continue:  # the handler wants the body: now the client may send it
             self._continue = False
             self._connection.write_raw(_CONTINUE)
-        while not self._chunks:
-            if self.complete:
-                return b""
+        while not self.complete and self._size <= limit:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter  # a caller that goes away cancels the handler, and this
             finally:
                 self._waiter = None
-        return self.take()
+        return None if self._size > limit else self.take()
 
     def _feed(self, data: bytes) -> int:
         self._chunks.append(data)
         self._size += len(data)
-        self._wake()
+        if self._size > self.high_water:  # read_all waits for the end or for this
+            self._wake()
         return self._size
 
     def _finish(self) -> None:
@@ -311,6 +320,7 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self.close_after_response = False
         self.closed = False
+        self._refused = False
 
     # --- used by requests and responses
 
@@ -328,6 +338,7 @@ class HttpConnection(asyncio.Protocol):
                 self._drain_waiter = None
 
     def body_consumed(self) -> None:
+        """The handler took (or will take) what waited: read on, unless requests are queued."""
         if self._reading_paused and not self._pipeline:
             self._resume_reading()
 
@@ -358,7 +369,7 @@ class HttpConnection(asyncio.Protocol):
         self._set_deadline(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._refused:
             return
         if not self._in_head and self._parsing is None:
             # The first bytes of a new head: its deadline starts now.
@@ -367,14 +378,13 @@ class HttpConnection(asyncio.Protocol):
             self._set_deadline(self._head_timeout_s, self._head_expired)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse("protocol upgrades are not supported")
-            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if not isinstance(cause, BadRequest):
-                raise
-            self._refuse(str(cause))
+            if isinstance(cause, BadRequest):
+                self._refuse(str(cause))
+            else:  # a bug of ours: the connection is in no known state
+                _log.error("connection_error", error=repr(cause))
+                self.abort()
             return
         except httptools.HttpParserError as exc:
             self._refuse(str(exc))
@@ -421,6 +431,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        if parser.should_upgrade():  # no SageMaker client asks (h2c, WebSocket)
+            raise BadRequest("protocol upgrades are not supported")
         target = b"".join(self._url)
         if len(target) + sum(len(n) + len(v) + 4 for n, v in self._raw_headers) > MAX_HEAD_BYTES:
             raise BadRequest(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
@@ -448,7 +460,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
-        if request is not None and request.body._feed(body) > READ_HIGH_WATER_BYTES:
+        if request is not None and request.body._feed(body) > request.body.high_water:
             self._pause_reading()
 
     def on_message_complete(self) -> None:
@@ -502,6 +514,7 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, reason: str) -> None:
         """Answer a request that is not valid HTTP (or breaks a limit) with 400, and close."""
         self._on_reject("bad_http")
+        self._refused = True
         self._stop_timer()
         self._in_head = False
         self.close_after_response = True

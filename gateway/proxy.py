@@ -365,14 +365,10 @@ def _buffered_body(stream: RequestBody, limit: int) -> bytes:
 
 async def _read_body(stream: RequestBody, limit: int) -> bytes:
     """The whole body (SigV4 signs its hash), refused as soon as it passes ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await stream.read_chunk():
-        size += len(chunk)
-        if size > limit:
-            raise body_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = await stream.read_all(limit)
+    if body is None:
+        raise body_too_large(limit)
+    return body
 
 
 def _error_type(header: str) -> str:
