@@ -142,19 +142,23 @@ def measure(
 
 
 @contextmanager
-def process(command: list[str], cpu: str, env: dict[str, str] | None = None) -> Iterator[int]:
-    proc = subprocess.Popen(
-        ["taskset", "-c", cpu, *command], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield proc.pid
-    finally:
-        proc.terminate()
+def process(
+    command: list[str], cpu: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[int]:
+    """Run ``command`` pinned to ``cpu``; its output to ``log`` (as a container runtime keeps
+    a log file), else discarded."""
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpu, *command], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            yield proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 async def first_part_delay_ms(direct_url: str, gateway_url: str, samples: int) -> dict:
@@ -255,7 +259,7 @@ def main() -> int:
     with (
         process(["nginx", "-c", str(workdir / "backend.conf")], CPU_LOAD) as backend,
         process(["nginx", "-c", str(workdir / "floor.conf")], CPU_PROXY) as floor,
-        process(gateway_command, CPU_PROXY, env) as gateway,
+        process(gateway_command, CPU_PROXY, env, workdir / "gateway.log") as gateway,
     ):
         for port in (backend_port, floor_port):
             wait_until_up(f"http://127.0.0.1:{port}/")
@@ -308,10 +312,21 @@ def main() -> int:
                 f"http://127.0.0.1:{emulator_port}", f"http://127.0.0.1:{gateway_port}", 30
             )
         )
+    # The access log was on and written to a file all along: one line per request served.
+    with open(workdir / "gateway.log", "rb") as log:
+        access_lines = sum(1 for line in log if b'"event":"request"' in line)
     shutil.rmtree(workdir, ignore_errors=True)
     report(runs, stream)
+    print(f"gateway access log: {access_lines:,} lines written to a file during the runs")
     (RESULTS / "bench.json").write_text(
-        json.dumps({"runs": [asdict(run) for run in runs], "first_part_ms": stream}, indent=2)
+        json.dumps(
+            {
+                "runs": [asdict(r) for r in runs],
+                "first_part_ms": stream,
+                "gateway_access_lines": access_lines,
+            },
+            indent=2,
+        )
     )
     if chart(runs, RESULTS / "latency.png"):
         print(f"chart: {RESULTS / 'latency.png'}")

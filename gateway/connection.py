@@ -1,21 +1,25 @@
 """Client connections: HTTP/1.1 read with httptools, one request at a time, every wait bounded.
 
-Written here rather than served by aiohttp's web stack because the gateway's whole job per
-request is a few microseconds of its own work, and aiohttp's request, middleware and response
-objects cost more than all of it (bench/README.md: ~30 % of the CPU per request). This module
-does only what the gateway's routes need, on the parser uvicorn and Node.js use (llhttp):
+Written here rather than served by aiohttp's web stack because the gateway's own work per
+request is small, and aiohttp's request, middleware and response objects cost more than all of
+it (bench/README.md: ~30 % of the CPU per request). This module does only what the gateway's
+routes need, on the parser uvicorn and Node.js use (llhttp):
 
 - One request at a time per connection; pipelined requests wait their turn (reading pauses
-  meanwhile). Keep-alive as HTTP/1.1 and 1.0 define it; ``Expect: 100-continue`` is answered
-  when the handler first waits for the body, so a refused request's body is never sent.
+  meanwhile). Keep-alive as HTTP/1.1 defines it (HTTP/1.0 requests are answered, then the
+  connection closes). ``Expect: 100-continue`` is answered when the handler asks for the
+  body, so a refused request's body is never sent.
 - Deadlines: the head must arrive within ``head_timeout`` of its first byte (a connection that
-  never sends counts from its opening), an idle keep-alive connection closes after
-  ``keepalive_timeout``. The body's deadline and the answer's are the handler's.
+  never sends counts from its opening); an idle keep-alive connection closes after
+  ``keepalive_timeout``, and a closing one whose caller does not take the rest of its answer is
+  cut after as long again. The body's deadline and the answer's are the handler's.
 - Limits: a head of at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` fields; reading pauses while
-  ``READ_HIGH_WATER_BYTES`` of a body wait unread, and writing waits while the caller is slow.
-- What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF, ...)
-  and an oversized head get a SageMaker-shaped 400 (``ValidationError``), then the connection
-  closes. A caller that goes away cancels its handler.
+  more of a body waits unread than the handler will hold, and writing waits while the caller
+  is slow.
+- What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF,
+  upgrades, ...) and an oversized head get a SageMaker-shaped 400 (``ValidationError``), then
+  the connection closes. A caller that goes away cancels its handler; as with nginx, closing
+  its sending side counts as going away (TCP cannot tell a half-close from a close).
 """
 
 from __future__ import annotations
@@ -161,22 +165,29 @@ class Request:
 
 class Response:
     """The answer to one request: sent whole with :meth:`send`, or streamed with :meth:`start`,
-    :meth:`write` and :meth:`finish`."""
+    :meth:`write` and :meth:`finish`.
 
-    __slots__ = ("_chunked", "_connection", "_head_only", "_keep_alive", "finished", "started")
+    The last bytes (the whole of a sent answer, a stream's end) go out when the handler has
+    returned, as with aiohttp: what the handler records after answering (metrics, the access
+    line) is recorded before the caller can see its answer complete.
+    """
+
+    __slots__ = ("_chunked", "_connection", "_head_only", "_keep_alive", "_last", "finished",
+                 "started")  # fmt: skip
 
     def __init__(self, connection: HttpConnection, request: Request) -> None:
         self._connection = connection
         self._head_only = request.method == "HEAD"
         self._keep_alive = request.keep_alive
         self._chunked = False
+        self._last = b""
         self.started = False
         self.finished = False
 
     def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        """The whole answer in one write."""
+        """The whole answer, in one write once the handler returns."""
         head = self._head(status, headers, len(body))
-        self._connection.write_raw(head if self._head_only else head + body)
+        self._last = head if self._head_only else head + body
         self.started = self.finished = True
 
     def send_error(self, error: GatewayError, request_id: str) -> None:
@@ -216,14 +227,21 @@ class Response:
             await connection.drain()
 
     def finish(self) -> None:
-        """The body is complete."""
+        """The body is complete (its end is written once the handler returns)."""
         if self._chunked:
-            self._connection.write_raw(b"0\r\n\r\n")
+            self._last = b"0\r\n\r\n"
         self.finished = True
+
+    def flush(self) -> None:
+        """Write what :meth:`send` or :meth:`finish` left (the connection calls this)."""
+        if self._last:
+            self._connection.write_raw(self._last)
+            self._last = b""
 
     def abort(self) -> None:
         """The answer cannot be completed: cut the connection so the caller sees it fail."""
         self.finished = True
+        self._last = b""
         self._connection.abort()
 
     def _head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> bytes:
@@ -486,7 +504,9 @@ class HttpConnection(asyncio.Protocol):
                 error = InternalFailure("The gateway failed to handle the request")
                 self.close_after_response = True
                 response.send_error(error, new_request_id())
-        if not response.finished:
+        if response.finished:
+            response.flush()
+        else:
             response.abort()
         self._answered(request)
 
@@ -521,8 +541,9 @@ class HttpConnection(asyncio.Protocol):
         printable = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:200]
         error = ValidationError(f"The request is not valid HTTP/1.1: {printable}")
         if self._active is None:
-            request = Request("GET", "", [], False, RequestBody(self, False))
-            Response(self, request).send_error(error, new_request_id())
+            response = Response(self, Request("GET", "", [], False, RequestBody(self, False)))
+            response.send_error(error, new_request_id())
+            response.flush()
             self._close()
         else:  # the answer under way is sent, then the connection closes
             self._pipeline.clear()
@@ -534,8 +555,13 @@ class HttpConnection(asyncio.Protocol):
     def _close(self) -> None:
         self._stop_timer()
         self.closed = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size():
+                # The close waits for the answer to be taken: a caller that stops reading
+                # gets keepalive_timeout to take it, then the connection is cut.
+                self._set_deadline(self._keepalive_timeout_s, self.abort)
 
     def _head_expired(self) -> None:
         if self._active is None:

@@ -51,6 +51,12 @@ class GatewayServer:
         return int(self._listener.sockets[0].getsockname()[1])
 
     @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The signing listener's sockets."""
+        assert self._listener is not None, "start() first"
+        return self._listener.sockets
+
+    @property
     def admin_port(self) -> int | None:
         """The admin listener's bound port, when there is one."""
         if self._admin_listener is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
 from gateway.connection import MAX_HEAD_BYTES, MAX_HEADERS
-from tests.rawhttp import build_request, read_response
+from tests.rawhttp import build_request, raw_request, read_response
 from tests.waiting import poll
 
 INVOKE = "/endpoints/echo/invocations"
@@ -189,3 +190,77 @@ async def test_stop_closes_idle_connections_and_answers_the_one_in_flight(start_
     busy_writer.close()
     assert answer.status == 200
     assert answer.headers["connection"] == "close"
+
+
+async def test_a_request_cut_short_by_a_half_close_is_not_forwarded(gateway, journal, registry):
+    """A body that can never be completed: no answer, nothing forwarded, counted as 499."""
+    reader, writer = await open_connection(gateway)
+    writer.write(build_request("POST", INVOKE, [("Content-Length", "10")], b"{}"))
+    await poll(lambda: registry.get_sample_value(
+        "sagemaker_gateway_in_flight_requests", {"endpoint": "echo"}) == 1)  # fmt: skip
+    writer.write_eof()
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""
+    writer.close()
+    await poll(lambda: status_count(registry, "499") == 1)
+    assert journal == []
+
+
+async def test_a_caller_that_stops_reading_is_cut_at_the_deadline(start_gateway, registry):
+    """A caller that takes none of a 5 MB answer holds its connection only until
+    upstream_timeout: then the answer is cut, the connection closed, the error counted."""
+    gateway = await start_gateway(upstream_timeout_s=1.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # take next to nothing
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(build_request("POST", INVOKE, [], b"x" * 5_242_880))
+    async with asyncio.timeout(10):
+        await writer.drain()
+    assert gateway.server.open_connections == 1
+    await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
+    writer.close()
+    assert error_count(registry, "GatewayTimeout") == 1
+
+
+async def test_a_closing_connection_whose_caller_takes_nothing_is_cut(start_gateway):
+    """An answer sent whole (here /metrics, made large) to a caller that asked for the close
+    and reads nothing: the close does not wait forever for it, only keepalive_timeout."""
+    gateway = await start_gateway(keepalive_timeout_s=0.5)
+    for n in range(40):  # each endpoint name adds its series to the exposition
+        data = build_request("POST", f"/endpoints/no-such-endpoint-{n}/invocations", [], b"{}")
+        await raw_request(gateway.host, gateway.port, data)
+    exposition = await raw_request(gateway.host, gateway.port, build_request("GET", "/metrics", []))
+    assert len(exposition.body) > 200_000
+    # Small socket buffers on both sides (accepted sockets take the listener's), so that most
+    # of the answer waits in the gateway rather than in the kernel.
+    for listening in gateway.server.sockets:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(build_request("GET", "/metrics", []))  # with Connection: close
+    await poll(lambda: gateway.server.open_connections == 1)
+    await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
+    writer.close()
+
+
+def status_count(registry, status: str) -> float:
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "sagemaker_gateway_requests_total" and sample.labels["status"] == status
+    )
+
+
+def error_count(registry, error: str) -> float:
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "sagemaker_gateway_requests_total" and sample.labels["error"] == error
+    )
