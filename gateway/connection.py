@@ -53,12 +53,22 @@ MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
 #: Reading pauses while this much of a request body waits for the handler, resumes below it.
 READ_HIGH_WATER_BYTES = 256 * 1024
+#: Body pieces smaller than this are gathered into one buffer rather than kept one by one.
+SMALL_PIECE_BYTES = 4096
+#: Chunked framing (chunk sizes, line ends, trailers) may add at most this much plus half the
+#: body's own size; more is a client sending a body a few bytes at a time, or a huge trailer.
+MAX_FRAMING_BYTES = 32 * 1024
+#: A connection closed while the caller may still be sending is read (and what arrives
+#: dropped) this long, so that the close does not reset the answer before it is read.
+LINGER_S = 5.0
+LINGER_MAX_BYTES = 8 * 1024 * 1024
 
 Reject = Callable[[str], None]
 Handler = Callable[["Request", "Response"], Awaitable[None]]
 
 _log = structlog.get_logger("gateway")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY = frozenset({204, 304})
 _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus
 }
@@ -72,19 +82,23 @@ class RequestBody:
     """A request's body as it arrives, handed over whole: the gateway signs its hash, so it
     never forwards part of one."""
 
-    __slots__ = ("_chunks", "_connection", "_continue", "_size", "_waiter", "complete",
-                 "high_water")  # fmt: skip
+    __slots__ = ("_chunks", "_connection", "_continue", "_error", "_size", "_waiter", "complete",
+                 "framing", "high_water", "received")  # fmt: skip
 
     def __init__(self, connection: HttpConnection, expect_continue: bool) -> None:
         self._connection = connection
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes | bytearray] = collections.deque()
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue = expect_continue
+        self._error: str | None = None
         #: Every byte of the body has been received (it may not have been taken yet).
         self.complete = False
         #: Reading from the connection pauses while more than this waits here.
         self.high_water = READ_HIGH_WATER_BYTES
+        #: Body bytes received so far, and bytes of chunked framing (sizes, line ends) around them.
+        self.received = 0
+        self.framing = 0
 
     def take(self) -> bytes:
         """Everything received and not yet taken."""
@@ -93,30 +107,44 @@ class RequestBody:
         chunks.clear()
         self._size = 0
         self._connection.body_consumed()
-        return data
+        return bytes(data) if isinstance(data, bytearray) else data
 
     async def read_all(self, limit: int) -> bytes | None:
         """The whole body once it has all arrived, or None as soon as it passes ``limit``.
 
         Up to ``limit`` reading does not pause (the caller holds the whole body anyway), and the
-        pieces are joined once, so a body is held once plus one copy, not several.
+        pieces are joined once, so a body is held once plus one copy, not several. Raises
+        ValidationError when the body's framing turns out to be broken.
         """
         self.high_water = limit
         self._connection.body_consumed()
         if self._continue:  # the handler wants the body: now the client may send it
             self._continue = False
             self._connection.write_raw(_CONTINUE)
-        while not self.complete and self._size <= limit:
+        while not self.complete and self._size <= limit and self._error is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter  # a caller that goes away cancels the handler, and this
             finally:
                 self._waiter = None
+        if self._error is not None:
+            raise ValidationError(self._error, reason="bad_http")
         return None if self._size > limit else self.take()
 
     def _feed(self, data: bytes) -> int:
-        self._chunks.append(data)
+        chunks = self._chunks
+        if len(data) < SMALL_PIECE_BYTES:
+            # Tiny pieces (a chunked body sent a few bytes at a time) are gathered, so that
+            # the per-object overhead cannot make a body cost many times its size.
+            last = chunks[-1] if chunks else None
+            if isinstance(last, bytearray) and len(last) < READ_HIGH_WATER_BYTES:
+                last += data
+            else:
+                chunks.append(bytearray(data))
+        else:
+            chunks.append(data)
         self._size += len(data)
+        self.received += len(data)
         if self._size > self.high_water:  # read_all waits for the end or for this
             self._wake()
         return self._size
@@ -124,6 +152,10 @@ class RequestBody:
     def _finish(self) -> None:
         self.complete = True
         self._continue = False
+        self._wake()
+
+    def _fail(self, reason: str) -> None:
+        self._error = reason
         self._wake()
 
     def _wake(self) -> None:
@@ -172,13 +204,14 @@ class Response:
     line) is recorded before the caller can see its answer complete.
     """
 
-    __slots__ = ("_chunked", "_connection", "_head_only", "_keep_alive", "_last", "finished",
-                 "started")  # fmt: skip
+    __slots__ = ("_body", "_chunked", "_connection", "_head_only", "_keep_alive", "_last",
+                 "finished", "started")  # fmt: skip
 
     def __init__(self, connection: HttpConnection, request: Request) -> None:
         self._connection = connection
         self._head_only = request.method == "HEAD"
         self._keep_alive = request.keep_alive
+        self._body = request.body
         self._chunked = False
         self._last = b""
         self.started = False
@@ -187,7 +220,7 @@ class Response:
     def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         """The whole answer, in one write once the handler returns."""
         head = self._head(status, headers, len(body))
-        self._last = head if self._head_only else head + body
+        self._last = head if self._head_only or status in _NO_BODY else head + body
         self.started = self.finished = True
 
     def send_error(self, error: GatewayError, request_id: str) -> None:
@@ -210,7 +243,10 @@ class Response:
     ) -> None:
         """Send the head of an answer whose body follows (chunked when its length is unknown)."""
         # HTTP/1.0 callers (never kept alive here) read an unframed body to the close.
-        self._chunked = content_length is None and not self._head_only and self._keep_alive
+        self._chunked = (
+            content_length is None and not self._head_only and self._keep_alive
+            and status not in _NO_BODY
+        )  # fmt: skip
         self._connection.write_raw(self._head(status, headers, content_length))
         self.started = True
 
@@ -248,12 +284,16 @@ class Response:
         connection = self._connection
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
-        if length is not None:
+        if status in _NO_BODY:
+            pass  # no length and no body (RFC 9110 section 8.6)
+        elif length is not None:
             lines.append(f"Content-Length: {length}\r\n")
         elif self._chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
         lines.append(connection.date_line())
-        if connection.close_after_response or not self._keep_alive:
+        # A body not read to its end means the connection closes after this answer: say so,
+        # or a keep-alive client would send its next request on a connection about to close.
+        if connection.close_after_response or not self._keep_alive or not self._body.complete:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         # The upstream's values were decoded this way, so they go back byte for byte; the
@@ -322,19 +362,26 @@ class HttpConnection(asyncio.Protocol):
         self._timer_at = 0.0
         self._deadline = 0.0
         self._on_deadline: Callable[[], None] | None = None
-        # The head being parsed.
+        # The head being parsed: whether one is, and its bytes counted so far.
         self._in_head = False
         self._head_bytes = 0
         self._url: list[bytes] = []
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        # Per feed: whether a message began in it, and how many body bytes it carried.
+        self._began = False
+        self._fed_body = 0
         #: The request whose body the parser is reading (it may wait behind the active one).
         self._parsing: Request | None = None
         #: The request being answered, its task, and requests waiting behind it.
         self._active: Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._pipeline: collections.deque[Request] = collections.deque()
+        #: An answer waits for the caller to read before the next request starts.
+        self._after_drain: Request | None = None
         self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        #: Bytes dropped while lingering before a close; -1 when not lingering.
+        self._lingering = -1
         self.write_paused = False
         self.close_after_response = False
         self.closed = False
@@ -357,7 +404,7 @@ class HttpConnection(asyncio.Protocol):
 
     def body_consumed(self) -> None:
         """The handler took (or will take) what waited: read on, unless requests are queued."""
-        if self._reading_paused and not self._pipeline:
+        if self._reading_paused and not self._pipeline and self._after_drain is None:
             self._resume_reading()
 
     def abort(self) -> None:
@@ -368,7 +415,7 @@ class HttpConnection(asyncio.Protocol):
     def close_when_idle(self) -> None:
         """Close now if between requests; otherwise once the request under way is answered."""
         self.close_after_response = True
-        if self._active is None and not self._in_head:
+        if self._active is None and not self._in_head and self._after_drain is None:
             self._close()
 
     def date_line(self) -> str:
@@ -387,6 +434,9 @@ class HttpConnection(asyncio.Protocol):
         self._set_deadline(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            self._linger_drop(len(data))
+            return
         if self.closed or self._refused:
             return
         if not self._in_head and self._parsing is None:
@@ -394,6 +444,9 @@ class HttpConnection(asyncio.Protocol):
             self._in_head = True
             self._head_bytes = 0
             self._set_deadline(self._head_timeout_s, self._head_expired)
+        parsing = self._parsing
+        self._began = False
+        self._fed_body = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -407,10 +460,23 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(str(exc))
             return
-        if self._in_head:
+        # What the parser holds unparsed is bounded: a head still arriving (its bytes from
+        # the feed after the one it began in), or the framing around a chunked body.
+        if self._in_head and not self._began:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+        elif parsing is not None and parsing is self._parsing and not self._began:
+            body = parsing.body
+            body.framing += len(data) - self._fed_body
+            if body.framing > MAX_FRAMING_BYTES + body.received // 2:
+                self._refuse("the chunked body's framing (chunk sizes, trailers) is larger "
+                             "than the body allows")  # fmt: skip
+
+    def eof_received(self) -> None:
+        # The caller closed its sending side: as nginx does, taken as the caller going away
+        # (TCP cannot tell a half-close from a close). Returning None closes the transport.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -430,11 +496,16 @@ class HttpConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        request, self._after_drain = self._after_drain, None
+        if request is not None and not self.closed:
+            self._next()
 
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._began = True
+        self._head_bytes = 0
         self._url = []
         self._raw_headers = []
 
@@ -442,6 +513,8 @@ class HttpConnection(asyncio.Protocol):
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # after a chunked body: nothing a SageMaker client sends
+            raise BadRequest("trailer fields are not accepted")
         headers = self._raw_headers
         headers.append((name, value))
         if len(headers) > MAX_HEADERS:
@@ -452,31 +525,41 @@ class HttpConnection(asyncio.Protocol):
         if parser.should_upgrade():  # no SageMaker client asks (h2c, WebSocket)
             raise BadRequest("protocol upgrades are not supported")
         target = b"".join(self._url)
-        if len(target) + sum(len(n) + len(v) + 4 for n, v in self._raw_headers) > MAX_HEAD_BYTES:
+        raw_headers = self._raw_headers
+        if len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers) > MAX_HEAD_BYTES:
             raise BadRequest(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+        http11 = parser.get_http_version() == "1.1"
+        hosts = 0
+        expect_continue = False
+        for name, value in raw_headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+            elif lower == b"expect":
+                expect_continue = http11 and value.lower() == b"100-continue"
+            elif lower == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                raise BadRequest("Transfer-Encoding other than chunked is not supported")
+        if http11 and hosts != 1:
+            raise BadRequest("an HTTP/1.1 request must have exactly one Host header")
         self._in_head = False
         self._on_deadline = None
-        raw_headers = self._raw_headers
-        expect_continue = parser.get_http_version() == "1.1" and any(
-            name.lower() == b"expect" and value.lower() == b"100-continue"
-            for name, value in raw_headers
-        )
         request = Request(
             parser.get_method().decode("ascii"),
             target.decode("latin-1"),
             raw_headers,
             # HTTP/1.0 keep-alive is an old extension no SageMaker client needs.
-            parser.should_keep_alive() and parser.get_http_version() == "1.1",
+            http11 and parser.should_keep_alive(),
             RequestBody(self, expect_continue),
         )
         self._parsing = request
-        if self._active is None:
+        if self._active is None and self._after_drain is None:
             self._begin(request)
         else:  # pipelined: answered in turn; read no further until then
             self._pipeline.append(request)
             self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
         request = self._parsing
         if request is not None and request.body._feed(body) > request.body.high_water:
             self._pause_reading()
@@ -517,6 +600,21 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_response or not request.keep_alive or not request.body.complete:
             # A body the handler refused unread is not read to its end: closing is cheaper
             # and safer than reading what the caller may never finish sending.
+            self._close(linger=not request.body.complete)
+            return
+        if self.write_paused:
+            # The caller has not taken this answer yet: nothing more is read or answered
+            # until it does, and it has keepalive_timeout to start.
+            self._after_drain = request
+            self._pause_reading()
+            self._set_deadline(self._keepalive_timeout_s, self.abort)
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """After an answer: the next pipelined request, or wait for one."""
+        self._on_deadline = None
+        if self.close_after_response:  # a drain began while the answer waited to be read
             self._close()
             return
         if self._pipeline:
@@ -533,35 +631,65 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse(self, reason: str) -> None:
         """Answer a request that is not valid HTTP (or breaks a limit) with 400, and close."""
-        self._on_reject("bad_http")
         self._refused = True
         self._stop_timer()
         self._in_head = False
         self.close_after_response = True
         printable = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:200]
-        error = ValidationError(f"The request is not valid HTTP/1.1: {printable}")
+        message = f"The request is not valid HTTP/1.1: {printable}"
+        parsing, self._parsing = self._parsing, None
+        self._pipeline.clear()
         if self._active is None:
+            self._on_reject("bad_http")
             response = Response(self, Request("GET", "", [], False, RequestBody(self, False)))
-            response.send_error(error, new_request_id())
+            response.send_error(ValidationError(message), new_request_id())
             response.flush()
-            self._close()
-        else:  # the answer under way is sent, then the connection closes
-            self._pipeline.clear()
-            self._parsing = None
+            self._close(linger=True)
+        else:
+            # The answer under way is sent, then the connection closes; a handler waiting for
+            # the broken body gets the 400 (and counts it).
+            if parsing is not None:
+                parsing.body._fail(message)
             self._pause_reading()
 
     # --- plumbing
 
-    def _close(self) -> None:
+    def _close(self, *, linger: bool = False) -> None:
+        """Close after what is written has gone. With ``linger``, the caller may still be
+        sending: stop sending, then read and drop what comes for up to LINGER_S before
+        closing, so that unread bytes do not make the kernel reset the answer away."""
         self._stop_timer()
         self.closed = True
         transport = self._transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            transport.write_eof()  # after the answer, a FIN: the caller knows it is over
+            self._lingering = 0
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+            self._set_deadline(LINGER_S, self._end_linger)
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            # The close waits for the answer to be taken: a caller that stops reading
+            # gets keepalive_timeout to take it, then the connection is cut.
+            self._set_deadline(self._keepalive_timeout_s, self.abort)
+
+    def _linger_drop(self, size: int) -> None:
+        self._lingering += size
+        if self._lingering > LINGER_MAX_BYTES:
+            self._end_linger()
+
+    def _end_linger(self) -> None:
+        """Close a lingering connection: cut it if its caller has not taken the answer yet."""
+        transport = self._transport
         if transport is not None:
-            transport.close()
             if transport.get_write_buffer_size():
-                # The close waits for the answer to be taken: a caller that stops reading
-                # gets keepalive_timeout to take it, then the connection is cut.
-                self._set_deadline(self._keepalive_timeout_s, self.abort)
+                transport.abort()
+            else:
+                transport.close()
 
     def _head_expired(self) -> None:
         if self._active is None:

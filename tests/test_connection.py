@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 
@@ -110,8 +111,10 @@ async def test_a_head_request_gets_headers_and_no_body(gateway):
         ([b"X-H%d: v" % i for i in range(MAX_HEADERS + 1)], f"more than {MAX_HEADERS} headers"),
         ([b"Content-Length: 2", b"Content-Length: 3"], "Duplicate Content-Length"),
         ([b"Connection: Upgrade", b"Upgrade: h2c"], "protocol upgrades are not supported"),
+        ([b"Host: y", b"Content-Length: 2"], "exactly one Host header"),
+        ([b"Transfer-Encoding: gzip, chunked"], "Transfer-Encoding other than chunked"),
     ],
-    ids=["large-head", "many-headers", "two-lengths", "upgrade"],
+    ids=["large-head", "many-headers", "two-lengths", "upgrade", "two-hosts", "gzip-coded"],
 )
 async def test_framing_errors_are_sagemaker_shaped_and_name_the_rule(
     gateway, journal, registry, head_lines, rule
@@ -140,6 +143,22 @@ async def test_framing_errors_are_sagemaker_shaped_and_name_the_rule(
         == 1
     )
     assert journal == []
+
+
+async def test_an_http_1_1_request_without_host_is_refused(gateway, journal):
+    """RFC 9112: an HTTP/1.1 request without a Host header is a 400 (HTTP/1.0 may omit it)."""
+    refused = await raw_request(
+        gateway.host, gateway.port,
+        b"POST /endpoints/echo/invocations HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    )  # fmt: skip
+    assert refused.status == 400
+    assert "exactly one Host header" in refused.json()["message"]
+    answered = await raw_request(
+        gateway.host, gateway.port,
+        b"POST /endpoints/echo/invocations HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}",
+    )  # fmt: skip
+    assert answered.status == 200
+    assert len(journal) == 1
 
 
 async def test_an_idle_keep_alive_connection_closes_after_keepalive_timeout(start_gateway):
@@ -264,3 +283,121 @@ def error_count(registry, error: str) -> float:
         for sample in metric.samples
         if sample.name == "sagemaker_gateway_requests_total" and sample.labels["error"] == error
     )
+
+
+async def test_a_pipelined_head_split_across_reads_after_a_large_body_is_answered(gateway):
+    """A 40 KB body, then the next request's head in two writes: both are answered (the head
+    limit counts the head's own bytes, not the body before it)."""
+    first, second = keep_alive_request(b"1" * 40_000), keep_alive_request(b"{}")
+    reader, writer = await open_connection(gateway)
+    writer.write(first + second[:10])
+    await writer.drain()
+    async with asyncio.timeout(10):
+        assert (await read_response(reader)).status == 200
+        writer.write(second[10:])
+        answer = await read_response(reader)
+    writer.close()
+    assert (answer.status, answer.body) == (200, b"{}")
+
+
+async def test_an_answer_sent_before_the_body_arrived_says_connection_close(gateway, journal):
+    """Refused before its body was sent, a request's answer announces the close that follows,
+    so a keep-alive client does not send its next request on a dying connection."""
+    head = build_request(
+        "POST", "/endpoints/Bad_Name/invocations",
+        [("Connection", "keep-alive"), ("Content-Length", "2")],
+    )  # fmt: skip
+    reader, writer = await open_connection(gateway)
+    writer.write(head)
+    async with asyncio.timeout(10):
+        response = await read_response(reader)
+        writer.write(b"{}")
+        assert await reader.read() == b""
+    writer.close()
+    assert response.status == 400
+    assert response.headers["connection"] == "close"
+    assert journal == []
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        (b"2\r\n{}\r\nzz\r\n", "Invalid character in chunk size"),
+        (b"2\r\n{}\r\n0\r\nX-Trailer: a\r\n\r\n", "trailer fields are not accepted"),
+        (b"1\r\nx\r\n" * 200_000 + b"0\r\n\r\n", "framing"),
+    ],
+    ids=["bad-chunk-size", "trailer", "one-byte-chunks"],
+)
+async def test_a_broken_chunked_body_is_a_400_at_once(start_gateway, journal, body, rule):
+    """A chunked body whose framing breaks after its head was accepted: the request waiting
+    for it gets a 400 naming the rule at once (not a 408 at body_timeout), nothing is
+    forwarded, and the connection closes."""
+    gateway = await start_gateway(body_timeout_s=30.0)
+    head = build_request("POST", INVOKE, [("Transfer-Encoding", "chunked")])
+    reader, writer = await open_connection(gateway)
+    writer.write(head)
+    await writer.drain()
+    writer.write(body)
+    async with asyncio.timeout(10):
+        response = await read_response(reader)
+        assert await reader.read() == b""
+    writer.close()
+    assert response.status == 400
+    assert response.headers["x-amzn-errortype"] == "ValidationError"
+    assert rule in response.json()["message"]
+    assert journal == []
+
+
+async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway):
+    """/metrics asked with a 1 MB body it never reads, by a caller that reads slowly: the
+    connection closes after the whole answer, without a reset that would cut it short."""
+    for n in range(10):  # a few more series, so that the answer outgrows the socket buffers
+        data = build_request("POST", f"/endpoints/no-such-endpoint-{n}/invocations", [], b"{}")
+        await raw_request(gateway.host, gateway.port, data)
+
+    def slow_caller() -> tuple[int, bytes, str]:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            sock.settimeout(10)
+            sock.connect((gateway.host, gateway.port))
+            sock.sendall(
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+                + b"x" * 600_000
+            )
+            time.sleep(1.0)  # the gateway has answered and closed by now
+            received, ending = b"", "clean"
+            try:
+                while data := sock.recv(65536):
+                    received += data
+            except ConnectionResetError:
+                ending = "reset"
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return length, body, ending
+
+    length, body, ending = await asyncio.to_thread(slow_caller)
+    assert (len(body), ending) == (length, "clean")
+    assert body.startswith(b"# HELP")
+
+
+async def test_pipelined_requests_wait_for_a_caller_that_does_not_read(start_gateway, journal):
+    """50 pipelined 64 KB echoes from a caller that reads nothing: the gateway stops taking
+    requests once an answer waits unread, and cuts the connection at keepalive_timeout,
+    rather than answering all 50 into its own memory."""
+    gateway = await start_gateway(keepalive_timeout_s=0.5)
+    for listening in gateway.server.sockets:  # small buffers: answers wait in the gateway
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(keep_alive_request(b"y" * 65_536) * 50)
+    await poll(lambda: gateway.server.open_connections == 1)
+    await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
+    writer.close()
+    assert 1 <= len(journal) < 10
