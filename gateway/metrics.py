@@ -1,8 +1,10 @@
 """The Prometheus metrics of DESIGN section 6, on a registry the app is given.
 
-Only endpoint names that passed validation become label values, and variants only when they
-came from the upstream or from a validated TargetVariant: a caller cannot mint label series by
-sending made-up names. Requests refused before forwarding are also counted by reason alone.
+Only endpoint names that passed validation become label values, at most max_endpoint_labels
+of them; variants come from the upstream's answer, or from a validated TargetVariant the answer
+did not confirm, at most MAX_UNCONFIRMED_VARIANTS of those per endpoint. A caller sending
+made-up names therefore mints a bounded number of series. Requests refused before forwarding
+are counted by reason alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from gateway import __version__
 PREFIX = "sagemaker_gateway_"
 #: The endpoint label of names past max_endpoint_labels; "_" keeps it apart from real names.
 OTHER_ENDPOINTS = "_other"
+#: TargetVariant names an answer did not confirm that become variant labels, per endpoint
+#: (an endpoint has at most ten production variants); later ones count as "_other".
+MAX_UNCONFIRMED_VARIANTS = 10
+OTHER_VARIANTS = "_other"
 
 #: From half a millisecond (the gateway's own overhead) to past the model's 60-second limit:
 #: 58 and 62 bracket it, so answers that hit the limit stand apart from slow ones that did not.
@@ -48,6 +54,8 @@ class Outcome:
     operation: str
     endpoint: str
     variant: str = "unknown"
+    #: Whether ``variant`` came from the upstream's answer (else from the caller's TargetVariant).
+    variant_confirmed: bool = False
     status: int = 0
     error: str = ""
     duration_s: float = 0.0
@@ -82,6 +90,7 @@ class Metrics:
         self.multiprocess = multiprocess
         self.max_endpoint_labels = max_endpoint_labels
         self._endpoints: set[str] = set()
+        self._unconfirmed_variants: dict[str, set[str]] = {}
         # Label children, looked up once per label set instead of once per request (the
         # families themselves bound how many there are).
         self._series: dict[tuple[str, ...], _Series] = {}
@@ -170,6 +179,19 @@ class Metrics:
             return endpoint
         return OTHER_ENDPOINTS
 
+    def variant_label(self, endpoint: str, outcome: Outcome) -> str:
+        """The label value for ``outcome``'s variant under the endpoint label ``endpoint``."""
+        variant = outcome.variant
+        if outcome.variant_confirmed or variant == "unknown":
+            return variant
+        seen = self._unconfirmed_variants.setdefault(endpoint, set())
+        if variant in seen:
+            return variant
+        if len(seen) < MAX_UNCONFIRMED_VARIANTS:
+            seen.add(variant)
+            return variant
+        return OTHER_VARIANTS
+
     def in_flight_for(self, endpoint: str) -> Any:
         """The in-flight gauge of ``endpoint`` (its label child, looked up once)."""
         label = self.endpoint_label(endpoint)
@@ -185,7 +207,8 @@ class Metrics:
     def record(self, outcome: Outcome) -> None:
         """Count one finished request with a valid endpoint name."""
         endpoint = self.endpoint_label(outcome.endpoint)
-        labels: tuple[str, ...] = (endpoint, outcome.variant, outcome.operation)
+        variant = self.variant_label(endpoint, outcome)
+        labels: tuple[str, ...] = (endpoint, variant, outcome.operation)
         if self.component_label:
             labels = (*labels, outcome.inference_component)
         series = self._series.get(labels)
@@ -208,7 +231,7 @@ class Metrics:
                 upstream = self._upstream[labels] = self.upstream_duration.labels(*labels)
             upstream.observe(outcome.upstream_duration_s)
         if outcome.model_timeout:
-            self.model_timeouts.labels(endpoint, outcome.variant).inc()
+            self.model_timeouts.labels(endpoint, variant).inc()
         series.request_size.observe(outcome.request_bytes)
         series.response_size.observe(outcome.response_bytes)
 

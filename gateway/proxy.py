@@ -229,7 +229,9 @@ class Proxy:
                 async with up:
                     outcome.status = up.status
                     outcome.error = _error_type(up.header("x-amzn-errortype") or "")
-                    outcome.variant = up.header(VARIANT_HEADER_LOWER) or outcome.variant
+                    confirmed_variant = up.header(VARIANT_HEADER_LOWER)
+                    if confirmed_variant:
+                        outcome.variant, outcome.variant_confirmed = confirmed_variant, True
                     outcome.upstream_request_id = up.header("x-amzn-requestid")
                     back = select_response_headers(self._response_headers[suffix], up.headers)
                     if up.status >= 300:

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway import __version__
+from gateway.metrics import MAX_UNCONFIRMED_VARIANTS, OTHER_VARIANTS
 from tests.waiting import poll
 
 P = "sagemaker_gateway_"
@@ -191,6 +192,26 @@ async def test_variant_comes_from_the_response_else_the_request_else_unknown(gat
     assert requests_total(registry, "model-error", "VariantB", "424", "ModelError") == 1
     assert requests_total(registry, "model-error", "unknown", "424", "ModelError") == 1
     assert requests_total(registry, "throttle", "unknown", "400", "ThrottlingException") == 1
+
+
+async def test_unconfirmed_target_variants_are_labels_up_to_a_budget(gateway, registry):
+    """TargetVariant names that no answer confirmed become variant labels for at most
+    MAX_UNCONFIRMED_VARIANTS per endpoint; later ones count as "_other", so a caller inventing
+    names cannot grow the series without bound. Confirmed variants are not limited by them."""
+    for n in range(MAX_UNCONFIRMED_VARIANTS + 5):
+        target = {"X-Amzn-SageMaker-Target-Variant": f"Invented{n}"}
+        assert (await invoke(gateway, "model-error", headers=target))[0] == 424
+    variants = {
+        s.labels["variant"]
+        for s in samples(registry, P + "requests_total")
+        if s.labels["endpoint"] == "model-error"
+    }
+    expected = {f"Invented{n}" for n in range(MAX_UNCONFIRMED_VARIANTS)} | {OTHER_VARIANTS}
+    assert variants == expected
+    assert requests_total(registry, "model-error", OTHER_VARIANTS, "424", "ModelError") == 5
+    target = {"X-Amzn-SageMaker-Target-Variant": "VariantB"}
+    assert (await invoke(gateway, "variants", headers=target))[0] == 200
+    assert requests_total(registry, "variants", "VariantB", "200") == 1
 
 
 async def test_operation_labels_are_the_api_operation_names(gateway, registry):
