@@ -53,7 +53,7 @@ MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
 #: Reading pauses while this much of a request body waits for the handler, resumes below it.
 READ_HIGH_WATER_BYTES = 256 * 1024
-#: Body pieces smaller than this are gathered into one buffer rather than kept one by one.
+#: Body pieces smaller than this are joined to the one before rather than kept one by one.
 SMALL_PIECE_BYTES = 4096
 #: Chunked framing (chunk sizes, line ends, trailers) may add at most this much plus half the
 #: body's own size; more is a client sending a body a few bytes at a time, or a huge trailer.
@@ -87,7 +87,7 @@ class RequestBody:
 
     def __init__(self, connection: HttpConnection, expect_continue: bool) -> None:
         self._connection = connection
-        self._chunks: collections.deque[bytes | bytearray] = collections.deque()
+        self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue = expect_continue
@@ -107,7 +107,7 @@ class RequestBody:
         chunks.clear()
         self._size = 0
         self._connection.body_consumed()
-        return bytes(data) if isinstance(data, bytearray) else data
+        return data
 
     async def read_all(self, limit: int) -> bytes | None:
         """The whole body once it has all arrived, or None as soon as it passes ``limit``.
@@ -133,14 +133,11 @@ class RequestBody:
 
     def _feed(self, data: bytes) -> int:
         chunks = self._chunks
-        if len(data) < SMALL_PIECE_BYTES:
-            # Tiny pieces (a chunked body sent a few bytes at a time) are gathered, so that
-            # the per-object overhead cannot make a body cost many times its size.
-            last = chunks[-1] if chunks else None
-            if isinstance(last, bytearray) and len(last) < READ_HIGH_WATER_BYTES:
-                last += data
-            else:
-                chunks.append(bytearray(data))
+        last = chunks[-1] if chunks else None
+        if len(data) < SMALL_PIECE_BYTES and last is not None and len(last) < SMALL_PIECE_BYTES:
+            # Tiny pieces (a chunked body sent a few bytes at a time) are joined up to a few
+            # KiB, so that per-object overhead cannot make a body cost many times its size.
+            chunks[-1] = last + data
         else:
             chunks.append(data)
         self._size += len(data)
@@ -177,6 +174,7 @@ class Request:
         raw_headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
         body: RequestBody,
+        content_length: int | None = None,
     ) -> None:
         self.method = method
         #: The request target exactly as sent (path and query, nothing decoded).
@@ -189,10 +187,7 @@ class Request:
         self.body = body
         #: The Content-Length header's value (the parser has refused malformed or repeated
         #: ones); None for a chunked body or none.
-        self.content_length: int | None = None
-        for name, value in raw_headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                self.content_length = int(value)
+        self.content_length = content_length
 
 
 class Response:
@@ -531,10 +526,13 @@ class HttpConnection(asyncio.Protocol):
         http11 = parser.get_http_version() == "1.1"
         hosts = 0
         expect_continue = False
+        content_length = None
         for name, value in raw_headers:
             lower = name.lower()
             if lower == b"host":
                 hosts += 1
+            elif lower == b"content-length":
+                content_length = int(value)
             elif lower == b"expect":
                 expect_continue = http11 and value.lower() == b"100-continue"
             elif lower == b"transfer-encoding" and value.strip().lower() != b"chunked":
@@ -550,6 +548,7 @@ class HttpConnection(asyncio.Protocol):
             # HTTP/1.0 keep-alive is an old extension no SageMaker client needs.
             http11 and parser.should_keep_alive(),
             RequestBody(self, expect_continue),
+            content_length,
         )
         self._parsing = request
         if self._active is None and self._after_drain is None:
