@@ -409,6 +409,8 @@ class HttpConnection(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         """Close now if between requests; otherwise once the request under way is answered."""
+        if self.closed:  # closing already (perhaps lingering, which ends on its own)
+            return
         self.close_after_response = True
         if self._active is None and not self._in_head and self._after_drain is None:
             self._close()
@@ -599,7 +601,7 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_response or not request.keep_alive or not request.body.complete:
             # A body the handler refused unread is not read to its end: closing is cheaper
             # and safer than reading what the caller may never finish sending.
-            self._close(linger=not request.body.complete)
+            self._close(linger=self._input_pending())
             return
         if self.write_paused:
             # The caller has not taken this answer yet: nothing more is read or answered
@@ -614,7 +616,7 @@ class HttpConnection(asyncio.Protocol):
         """After an answer: the next pipelined request, or wait for one."""
         self._on_deadline = None
         if self.close_after_response:  # a drain began while the answer waited to be read
-            self._close()
+            self._close(linger=self._input_pending())
             return
         if self._pipeline:
             self._begin(self._pipeline.popleft())
@@ -675,6 +677,14 @@ class HttpConnection(asyncio.Protocol):
             # The close waits for the answer to be taken: a caller that stops reading
             # gets keepalive_timeout to take it, then the connection is cut.
             self._set_deadline(self._keepalive_timeout_s, self.abort)
+
+    def _input_pending(self) -> bool:
+        """Whether the caller may have sent bytes not read yet (a body, a next request)."""
+        parsing = self._parsing
+        return (
+            self._reading_paused or self._in_head or bool(self._pipeline)
+            or (parsing is not None and not parsing.body.complete)
+        )  # fmt: skip
 
     def _linger_drop(self, size: int) -> None:
         self._lingering += size

@@ -173,9 +173,10 @@ async def test_an_idle_keep_alive_connection_closes_after_keepalive_timeout(star
     await poll(lambda: gateway.server.open_connections == 0)
 
 
-async def test_a_caller_that_reads_slowly_gets_every_byte(gateway):
+async def test_a_caller_that_reads_slowly_gets_every_byte(start_gateway):
     """A 5 MB answer to a caller that waits before reading: the gateway waits for it (write
     back-pressure), and every byte arrives in order."""
+    gateway = await start_gateway(upstream_timeout_s=30.0)  # the wait is not the point here
     body = bytes(range(256)) * 20_480  # 5,242,880 bytes
     reader, writer = await asyncio.open_connection(gateway.host, gateway.port, limit=1 << 16)
     writer.write(
@@ -348,40 +349,81 @@ async def test_a_broken_chunked_body_is_a_400_at_once(start_gateway, journal, bo
     assert journal == []
 
 
-async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway):
+def converse(host: str, port: int, sends: list[tuple[float, bytes]], read_after_s: float):
+    """On a socket with a tiny receive buffer: send each part at its time (seconds from
+    connecting), read nothing until ``read_after_s``, then read to the close. Returns what
+    arrived and how the connection ended ("clean" or "reset"). Runs in a thread."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.settimeout(10)
+        sock.connect((host, port))
+        started = time.monotonic()
+        for at_s, data in sends:
+            time.sleep(max(0.0, started + at_s - time.monotonic()))
+            sock.sendall(data)
+        time.sleep(max(0.0, started + read_after_s - time.monotonic()))
+        received, ending = b"", "clean"
+        try:
+            while data := sock.recv(65536):
+                received += data
+        except ConnectionResetError:
+            ending = "reset"
+    return received, ending
+
+
+def first_answer(received: bytes) -> tuple[bytes, bytes]:
+    """The head and the Content-Length-framed body of the first answer in ``received``."""
+    head, _, rest = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    assert len(rest) >= length, f"{len(rest)} of {length} body bytes arrived"
+    return head, rest[:length]
+
+
+@pytest.mark.parametrize("stop_midway", [False, True], ids=["close", "stop-while-closing"])
+async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway, stop_midway):
     """/metrics asked with a 1 MB body it never reads, by a caller that reads slowly: the
-    connection closes after the whole answer, without a reset that would cut it short."""
+    connection closes after the whole answer, without a reset that would cut it short (also
+    when the gateway is stopped meanwhile)."""
     for n in range(10):  # a few more series, so that the answer outgrows the socket buffers
         data = build_request("POST", f"/endpoints/no-such-endpoint-{n}/invocations", [], b"{}")
         await raw_request(gateway.host, gateway.port, data)
-
-    def slow_caller() -> tuple[int, bytes, str]:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-            sock.settimeout(10)
-            sock.connect((gateway.host, gateway.port))
-            sock.sendall(
-                b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
-                + b"x" * 600_000
-            )
-            time.sleep(1.0)  # the gateway has answered and closed by now
-            received, ending = b"", "clean"
-            try:
-                while data := sock.recv(65536):
-                    received += data
-            except ConnectionResetError:
-                ending = "reset"
-        head, _, body = received.partition(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        return length, body, ending
-
-    length, body, ending = await asyncio.to_thread(slow_caller)
-    assert (len(body), ending) == (length, "clean")
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+    part = b"x" * 200_000  # still sending when the gateway has answered (and is stopped)
+    sends = [(0.0, request + part), (0.4, part), (0.8, part)]
+    caller = asyncio.create_task(
+        asyncio.to_thread(converse, gateway.host, gateway.port, sends, 1.0)
+    )
+    if stop_midway:
+        await asyncio.sleep(0.6)
+        await gateway.server.stop(grace_s=0)
+    received, ending = await caller
+    _, body = first_answer(received)
+    assert ending == "clean"
     assert body.startswith(b"# HELP")
+
+
+async def test_a_stop_with_pipelined_requests_unread_does_not_reset_the_answer(gateway):
+    """Stopped while answering the first of pipelined requests (more arriving while reading
+    is paused): the first answer arrives whole, then the connection closes without a reset."""
+    body = b"z" * 40_000
+    first = keep_alive_request(body, "/endpoints/slow-500/invocations")
+    then = build_request("GET", "/healthz", [("Connection", "keep-alive")])
+    caller = asyncio.create_task(
+        asyncio.to_thread(
+            converse, gateway.host, gateway.port, [(0, first + then), (0.3, then)], 1.5
+        )
+    )
+    await asyncio.sleep(0.1)
+    await gateway.server.stop(grace_s=0)
+    received, ending = await caller
+    head, answer = first_answer(received)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert answer == body
+    assert ending == "clean"
 
 
 async def test_pipelined_requests_wait_for_a_caller_that_does_not_read(start_gateway, journal):
