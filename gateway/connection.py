@@ -12,14 +12,19 @@ routes need, on the parser uvicorn and Node.js use (llhttp):
 - Deadlines: the head must arrive within ``head_timeout`` of its first byte (a connection that
   never sends counts from its opening); an idle keep-alive connection closes after
   ``keepalive_timeout``, and a closing one whose caller does not take the rest of its answer is
-  cut after as long again. The body's deadline and the answer's are the handler's.
+  cut after as long again. A connection closed while its caller may still be sending is read
+  (and what comes dropped) for up to ``LINGER_S`` first, as nginx's lingering close does, so
+  the unread bytes do not make the kernel reset the answer away. The body's deadline and the
+  answer's are the handler's.
 - Limits: a head of at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` fields; reading pauses while
   more of a body waits unread than the handler will hold, and writing waits while the caller
   is slow.
-- What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF,
-  upgrades, ...) and an oversized head get a SageMaker-shaped 400 (``ValidationError``), then
-  the connection closes. A caller that goes away cancels its handler; as with nginx, closing
-  its sending side counts as going away (TCP cannot tell a half-close from a close).
+- What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF, ...),
+  an oversized head, upgrades, trailers, a Transfer-Encoding other than chunked, an HTTP/1.1
+  request without exactly one Host, and chunked framing out of proportion to its body get a
+  SageMaker-shaped 400 (``ValidationError``), then the connection closes.
+- A caller that goes away cancels its handler; as with nginx, closing its sending side counts
+  as going away (TCP cannot tell a half-close from a close).
 """
 
 from __future__ import annotations
@@ -471,8 +476,8 @@ class HttpConnection(asyncio.Protocol):
                              "than the body allows")  # fmt: skip
 
     def eof_received(self) -> None:
-        # The caller closed its sending side: as nginx does, taken as the caller going away
-        # (TCP cannot tell a half-close from a close). Returning None closes the transport.
+        """The caller closed its sending side: as nginx does, taken as the caller going away
+        (TCP cannot tell a half-close from a close). Returning None closes the transport."""
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
