@@ -397,7 +397,7 @@ async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway, sto
     caller = asyncio.create_task(
         asyncio.to_thread(converse, gateway.host, gateway.port, sends, 1.0)
     )
-    if stop_midway:
+    if stop_midway:  # on the caller's timeline: answered, closing, the caller still sending
         await asyncio.sleep(0.6)
         await gateway.server.stop(grace_s=0)
     received, ending = await caller
@@ -406,7 +406,7 @@ async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway, sto
     assert body.startswith(b"# HELP")
 
 
-async def test_a_stop_with_pipelined_requests_unread_does_not_reset_the_answer(gateway):
+async def test_a_stop_with_pipelined_requests_unread_does_not_reset_the_answer(gateway, journal):
     """Stopped while answering the first of pipelined requests (more arriving while reading
     is paused): the first answer arrives whole, then the connection closes without a reset."""
     body = b"z" * 40_000
@@ -417,7 +417,7 @@ async def test_a_stop_with_pipelined_requests_unread_does_not_reset_the_answer(g
             converse, gateway.host, gateway.port, [(0, first + then), (0.3, then)], 1.5
         )
     )
-    await asyncio.sleep(0.1)
+    await poll(lambda: len(journal) == 1)  # the slow call is under way
     await gateway.server.stop(grace_s=0)
     received, ending = await caller
     head, answer = first_answer(received)
