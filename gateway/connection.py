@@ -71,7 +71,6 @@ LINGER_MAX_BYTES = 8 * 1024 * 1024
 Reject = Callable[[str], None]
 Handler = Callable[["Request", "Response"], Awaitable[None]]
 
-_log = structlog.get_logger("gateway")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset({204, 304})
 _STATUS_LINES = {
@@ -346,8 +345,10 @@ class HttpConnection(asyncio.Protocol):
         head_timeout_s: float,
         keepalive_timeout_s: float,
         on_reject: Reject,
+        logger: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self._registry = registry
+        self._log = logger
         self._handler = handler
         self._head_timeout_s = head_timeout_s
         self._keepalive_timeout_s = keepalive_timeout_s
@@ -456,7 +457,7 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(cause, BadRequest):
                 self._refuse(str(cause))
             else:  # a bug of ours: the connection is in no known state
-                _log.error("connection_error", error=repr(cause))
+                self._log.error("connection_error", error=repr(cause))
                 self.abort()
             return
         except httptools.HttpParserError as exc:
@@ -588,7 +589,7 @@ class HttpConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             return  # the caller went away (connection_lost): nothing to answer
         except Exception:
-            _log.exception("unhandled_error", path=request.target[:200])
+            self._log.exception("unhandled_error", path=request.target[:200])
             if not response.started:
                 error = InternalFailure("The gateway failed to handle the request")
                 self.close_after_response = True

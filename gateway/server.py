@@ -97,6 +97,7 @@ class GatewayServer:
                 head_timeout_s=config.head_timeout_s,
                 keepalive_timeout_s=config.keepalive_timeout_s,
                 on_reject=reject,
+                logger=self.app.log,
             )
 
         return await asyncio.get_running_loop().create_server(
