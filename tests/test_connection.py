@@ -25,6 +25,21 @@ async def open_connection(gateway):
     return await asyncio.open_connection(gateway.host, gateway.port)
 
 
+async def open_non_reading_connection(gateway, *, small_gateway_buffers: bool = False):
+    """A connection whose receive buffer takes next to nothing; with ``small_gateway_buffers``
+    the gateway's send buffers are small too (accepted sockets take the listener's), so that
+    an answer waits in the gateway rather than in the kernel. Returns the stream writer."""
+    if small_gateway_buffers:
+        for listening in gateway.server.sockets:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    return writer
+
+
 async def test_one_connection_carries_many_requests(gateway, journal):
     """Keep-alive: three requests in turn on one connection, each answered with its own body."""
     reader, writer = await open_connection(gateway)
@@ -222,7 +237,7 @@ async def test_a_request_cut_short_by_a_half_close_is_not_forwarded(gateway, jou
     async with asyncio.timeout(10):
         assert await reader.read() == b""
     writer.close()
-    await poll(lambda: status_count(registry, "499") == 1)
+    await poll(lambda: requests_counted(registry, status="499") == 1)
     assert journal == []
 
 
@@ -230,18 +245,14 @@ async def test_a_caller_that_stops_reading_is_cut_at_the_deadline(start_gateway,
     """A caller that takes none of a 5 MB answer holds its connection only until
     upstream_timeout: then the answer is cut, the connection closed, the error counted."""
     gateway = await start_gateway(upstream_timeout_s=1.0)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # take next to nothing
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
-    _, writer = await asyncio.open_connection(sock=sock)
+    writer = await open_non_reading_connection(gateway)
     writer.write(build_request("POST", INVOKE, [], b"x" * 5_242_880))
     async with asyncio.timeout(10):
         await writer.drain()
     assert gateway.server.open_connections == 1
     await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
     writer.close()
-    assert error_count(registry, "GatewayTimeout") == 1
+    assert requests_counted(registry, error="GatewayTimeout") == 1
 
 
 async def test_a_closing_connection_whose_caller_takes_nothing_is_cut(start_gateway):
@@ -253,36 +264,21 @@ async def test_a_closing_connection_whose_caller_takes_nothing_is_cut(start_gate
         await raw_request(gateway.host, gateway.port, data)
     exposition = await raw_request(gateway.host, gateway.port, build_request("GET", "/metrics", []))
     assert len(exposition.body) > 200_000
-    # Small socket buffers on both sides (accepted sockets take the listener's), so that most
-    # of the answer waits in the gateway rather than in the kernel.
-    for listening in gateway.server.sockets:
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
-    _, writer = await asyncio.open_connection(sock=sock)
+    writer = await open_non_reading_connection(gateway, small_gateway_buffers=True)
     writer.write(build_request("GET", "/metrics", []))  # with Connection: close
     await poll(lambda: gateway.server.open_connections == 1)
     await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
     writer.close()
 
 
-def status_count(registry, status: str) -> float:
+def requests_counted(registry, **labels: str) -> float:
+    """requests_total summed over the series whose labels include ``labels``."""
     return sum(
         sample.value
         for metric in registry.collect()
         for sample in metric.samples
-        if sample.name == "sagemaker_gateway_requests_total" and sample.labels["status"] == status
-    )
-
-
-def error_count(registry, error: str) -> float:
-    return sum(
-        sample.value
-        for metric in registry.collect()
-        for sample in metric.samples
-        if sample.name == "sagemaker_gateway_requests_total" and sample.labels["error"] == error
+        if sample.name == "sagemaker_gateway_requests_total"
+        and labels.items() <= sample.labels.items()
     )
 
 
@@ -431,13 +427,7 @@ async def test_pipelined_requests_wait_for_a_caller_that_does_not_read(start_gat
     requests once an answer waits unread, and cuts the connection at keepalive_timeout,
     rather than answering all 50 into its own memory."""
     gateway = await start_gateway(keepalive_timeout_s=0.5)
-    for listening in gateway.server.sockets:  # small buffers: answers wait in the gateway
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
-    _, writer = await asyncio.open_connection(sock=sock)
+    writer = await open_non_reading_connection(gateway, small_gateway_buffers=True)
     writer.write(keep_alive_request(b"y" * 65_536) * 50)
     await poll(lambda: gateway.server.open_connections == 1)
     await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
