@@ -33,7 +33,6 @@ import asyncio
 import collections
 import json
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -42,6 +41,7 @@ from typing import cast
 import httptools
 import structlog
 
+from gateway.clock import PerSecond
 from gateway.errors import (
     ERROR_TYPE_HEADER,
     REQUEST_ID_HEADER,
@@ -73,6 +73,8 @@ Handler = Callable[["Request", "Response"], Awaitable[None]]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset({204, 304})
+#: The Date header line, formatted once a second rather than once a request.
+_DATE_LINE = PerSecond(lambda second: f"Date: {formatdate(second, usegmt=True)}\r\n")
 _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus
 }
@@ -289,7 +291,7 @@ class Response:
             lines.append(f"Content-Length: {length}\r\n")
         elif self._chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append(connection.date_line())
+        lines.append(_DATE_LINE.now())
         # A body not read to its end means the connection closes after this answer: say so,
         # or a keep-alive client would send its next request on a connection about to close.
         if connection.close_after_response or not self._keep_alive or not self._body.complete:
@@ -420,9 +422,6 @@ class HttpConnection(asyncio.Protocol):
         self.close_after_response = True
         if self._active is None and not self._in_head and self._after_drain is None:
             self._close()
-
-    def date_line(self) -> str:
-        return _http_date_line()
 
     # --- asyncio.Protocol
 
@@ -758,15 +757,3 @@ class RefusedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._on_reject("connection_limit")
         transport.close()
-
-
-_date_cache: tuple[int, str] = (-1, "")
-
-
-def _http_date_line() -> str:
-    """The Date header, formatted once a second rather than once a request."""
-    global _date_cache
-    second = int(time.time())
-    if second != _date_cache[0]:
-        _date_cache = (second, f"Date: {formatdate(second, usegmt=True)}\r\n")
-    return _date_cache[1]

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
+from gateway.clock import PerSecond
 from gateway.metrics import Outcome
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -43,17 +44,14 @@ def configure_logging(level: str, stream: BinaryIO | None = None) -> None:
     )
 
 
-_second: tuple[int, str] = (-1, "")
+_ISO_SECOND = PerSecond(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
 
 
 def _add_timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """UTC time in ISO 8601 to the microsecond, as structlog's TimeStamper(fmt="iso") writes it."""
-    global _second
     now = time.time()
     second = int(now)
-    if second != _second[0]:
-        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    event["timestamp"] = f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
+    event["timestamp"] = f"{_ISO_SECOND.at(second)}.{int((now - second) * 1e6):06d}Z"
     return event
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
+from gateway.clock import PerSecond
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_PAYLOAD_SHA256 = hashlib.sha256(b"").hexdigest()
 _UNRESERVED = "-_.~"  # with letters and digits, the characters SigV4 never percent-encodes
@@ -112,14 +114,11 @@ class Signer:
         self.region = region
         self.service = service
         self._cached: tuple[str, str, bytes] | None = None  # (secret, date, key)
-        self._clock: tuple[int, str] = (-1, "")  # (Unix second, its X-Amz-Date)
+        self._amz_date = PerSecond(_format_amz_date)
 
     def current_amz_date(self) -> str:
         """X-Amz-Date for now, formatted once per second rather than once per request."""
-        second = int(time.time())
-        if second != self._clock[0]:
-            self._clock = (second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second)))
-        return self._clock[1]
+        return self._amz_date.now()
 
     def signing_key(self, secret_key: str, date: str) -> bytes:
         """The derived key for ``date`` (YYYYMMDD), from the cache when it is today's."""
@@ -179,6 +178,10 @@ class Signer:
         )
         signed_headers.append(("Authorization", auth))
         return signed_headers
+
+
+def _format_amz_date(second: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 def _hmac(key: bytes, message: str) -> bytes:
