@@ -172,12 +172,7 @@ class Metrics:
 
     def endpoint_label(self, endpoint: str) -> str:
         """The label value for ``endpoint``: its name, or OTHER_ENDPOINTS past the budget."""
-        if endpoint in self._endpoints:
-            return endpoint
-        if len(self._endpoints) < self.max_endpoint_labels:
-            self._endpoints.add(endpoint)
-            return endpoint
-        return OTHER_ENDPOINTS
+        return _budgeted(self._endpoints, endpoint, self.max_endpoint_labels, OTHER_ENDPOINTS)
 
     def variant_label(self, endpoint: str, outcome: Outcome) -> str:
         """The label value for ``outcome``'s variant under the endpoint label ``endpoint``."""
@@ -185,12 +180,7 @@ class Metrics:
         if outcome.variant_confirmed or variant == "unknown":
             return variant
         seen = self._unconfirmed_variants.setdefault(endpoint, set())
-        if variant in seen:
-            return variant
-        if len(seen) < MAX_UNCONFIRMED_VARIANTS:
-            seen.add(variant)
-            return variant
-        return OTHER_VARIANTS
+        return _budgeted(seen, variant, MAX_UNCONFIRMED_VARIANTS, OTHER_VARIANTS)
 
     def in_flight_for(self, endpoint: str) -> Any:
         """The in-flight gauge of ``endpoint`` (its label child, looked up once)."""
@@ -234,6 +224,17 @@ class Metrics:
             self.model_timeouts.labels(endpoint, variant).inc()
         series.request_size.observe(outcome.request_bytes)
         series.response_size.observe(outcome.response_bytes)
+
+
+def _budgeted(seen: set[str], value: str, budget: int, other: str) -> str:
+    """``value`` as a label value while at most ``budget`` values are in ``seen``, else
+    ``other``: the first ``budget`` values seen keep their own series."""
+    if value in seen:
+        return value
+    if len(seen) < budget:
+        seen.add(value)
+        return value
+    return other
 
 
 def _event_loop_tasks() -> float:

@@ -141,9 +141,7 @@ class UpstreamResponse:
                 await self._waiter
             finally:
                 self._waiter = None
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._pending_bytes = 0
+        data = self._take()
         connection = self._connection
         if connection is not None and connection.reading_paused:
             connection.resume_reading()
@@ -152,12 +150,7 @@ class UpstreamResponse:
     def read_complete(self) -> bytes | None:
         """The whole body if all of it has arrived already (small answers come with their
         head), else None and nothing is consumed."""
-        if not self._complete:
-            return None
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        return data
+        return self._take() if self._complete else None
 
     async def read(self, limit_bytes: int) -> bytes:
         """The body up to ``limit_bytes`` (what is beyond is left unread)."""
@@ -186,6 +179,14 @@ class UpstreamResponse:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+    def _take(self) -> bytes:
+        """Everything that arrived and was not read yet."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._pending_bytes = 0
+        return data
 
     # Called by the connection, which owns the parser.
 
