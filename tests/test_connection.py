@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -25,10 +26,11 @@ async def open_connection(gateway):
     return await asyncio.open_connection(gateway.host, gateway.port)
 
 
-async def open_non_reading_connection(gateway, *, small_gateway_buffers: bool = False):
-    """A connection whose receive buffer takes next to nothing; with ``small_gateway_buffers``
-    the gateway's send buffers are small too (accepted sockets take the listener's), so that
-    an answer waits in the gateway rather than in the kernel. Returns the stream writer."""
+async def open_small_window_connection(gateway, *, small_gateway_buffers: bool = False):
+    """A connection whose receive buffer takes next to nothing, so that what the gateway sends
+    waits until the test reads; with ``small_gateway_buffers`` the gateway's send buffers are
+    small too (accepted sockets take the listener's), so that an answer waits in the gateway
+    rather than in the kernel. Returns (reader, writer)."""
     if small_gateway_buffers:
         for listening in gateway.server.sockets:
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -36,8 +38,7 @@ async def open_non_reading_connection(gateway, *, small_gateway_buffers: bool = 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (gateway.host, gateway.port))
-    _, writer = await asyncio.open_connection(sock=sock)
-    return writer
+    return await asyncio.open_connection(sock=sock)
 
 
 async def test_one_connection_carries_many_requests(gateway, journal):
@@ -141,7 +142,7 @@ async def test_framing_errors_are_sagemaker_shaped_and_name_the_rule(
     async with asyncio.timeout(10):
         for start in range(0, len(data), 4096):  # in pieces, as a slow sender would
             writer.write(data[start : start + 4096])
-            await asyncio.sleep(0)
+            await writer.drain()
         writer.write(b"\r\n\r\n{}")
         response = await read_response(reader)
         assert await reader.read() == b""
@@ -188,16 +189,17 @@ async def test_an_idle_keep_alive_connection_closes_after_keepalive_timeout(star
     await poll(lambda: gateway.server.open_connections == 0)
 
 
-async def test_a_caller_that_reads_slowly_gets_every_byte(start_gateway):
-    """A 5 MB answer to a caller that waits before reading: the gateway waits for it (write
-    back-pressure), and every byte arrives in order."""
+async def test_a_caller_that_reads_slowly_gets_every_byte(start_gateway, journal):
+    """A 5 MB answer to a caller with a tiny receive window that starts reading only once the
+    upstream has the request: the gateway waits for it (write back-pressure), and every byte
+    arrives in order."""
     gateway = await start_gateway(upstream_timeout_s=30.0)  # the wait is not the point here
     body = bytes(range(256)) * 20_480  # 5,242,880 bytes
-    reader, writer = await asyncio.open_connection(gateway.host, gateway.port, limit=1 << 16)
+    reader, writer = await open_small_window_connection(gateway)
     writer.write(
         build_request("POST", INVOKE, [("Content-Type", "application/octet-stream")], body)
     )
-    await asyncio.sleep(0.5)
+    await poll(lambda: len(journal) == 1)
     async with asyncio.timeout(20):
         response = await read_response(reader)
     writer.close()
@@ -245,7 +247,7 @@ async def test_a_caller_that_stops_reading_is_cut_at_the_deadline(start_gateway,
     """A caller that takes none of a 5 MB answer holds its connection only until
     upstream_timeout: then the answer is cut, the connection closed, the error counted."""
     gateway = await start_gateway(upstream_timeout_s=1.0)
-    writer = await open_non_reading_connection(gateway)
+    _, writer = await open_small_window_connection(gateway)
     writer.write(build_request("POST", INVOKE, [], b"x" * 5_242_880))
     async with asyncio.timeout(10):
         await writer.drain()
@@ -264,7 +266,7 @@ async def test_a_closing_connection_whose_caller_takes_nothing_is_cut(start_gate
         await raw_request(gateway.host, gateway.port, data)
     exposition = await raw_request(gateway.host, gateway.port, build_request("GET", "/metrics", []))
     assert len(exposition.body) > 200_000
-    writer = await open_non_reading_connection(gateway, small_gateway_buffers=True)
+    _, writer = await open_small_window_connection(gateway, small_gateway_buffers=True)
     writer.write(build_request("GET", "/metrics", []))  # with Connection: close
     await poll(lambda: gateway.server.open_connections == 1)
     await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
@@ -345,18 +347,28 @@ async def test_a_broken_chunked_body_is_a_400_at_once(start_gateway, journal, bo
     assert journal == []
 
 
-def converse(host: str, port: int, sends: list[tuple[float, bytes]], read_after_s: float):
+def converse(
+    host: str,
+    port: int,
+    sends: list[tuple[float, bytes]],
+    read_after_s: float,
+    sent: list[threading.Event] | None = None,
+):
     """On a socket with a tiny receive buffer: send each part at its time (seconds from
-    connecting), read nothing until ``read_after_s``, then read to the close. Returns what
-    arrived and how the connection ended ("clean" or "reset"). Runs in a thread."""
+    connecting), read nothing until ``read_after_s``, then read to the close; ``sent[i]`` is
+    set once part i is sent. The pacing is the behaviour under test: a caller still sending,
+    and reading late. Returns what arrived and how the connection ended ("clean" or
+    "reset"). Runs in a thread."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         sock.settimeout(10)
         sock.connect((host, port))
         started = time.monotonic()
-        for at_s, data in sends:
+        for index, (at_s, data) in enumerate(sends):
             time.sleep(max(0.0, started + at_s - time.monotonic()))
             sock.sendall(data)
+            if sent is not None:
+                sent[index].set()
         time.sleep(max(0.0, started + read_after_s - time.monotonic()))
         received, ending = b"", "clean"
         try:
@@ -390,11 +402,12 @@ async def test_closing_with_a_body_unread_does_not_reset_the_answer(gateway, sto
     request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
     part = b"x" * 200_000  # still sending when the gateway has answered (and is stopped)
     sends = [(0.0, request + part), (0.4, part), (0.8, part)]
+    sent = [threading.Event() for _ in sends]
     caller = asyncio.create_task(
-        asyncio.to_thread(converse, gateway.host, gateway.port, sends, 1.0)
+        asyncio.to_thread(converse, gateway.host, gateway.port, sends, 1.0, sent)
     )
-    if stop_midway:  # on the caller's timeline: answered, closing, the caller still sending
-        await asyncio.sleep(0.6)
+    if stop_midway:  # answered and closing, while the caller still has a part to send
+        await poll(sent[1].is_set)
         await gateway.server.stop(grace_s=0)
     received, ending = await caller
     _, body = first_answer(received)
@@ -427,7 +440,7 @@ async def test_pipelined_requests_wait_for_a_caller_that_does_not_read(start_gat
     requests once an answer waits unread, and cuts the connection at keepalive_timeout,
     rather than answering all 50 into its own memory."""
     gateway = await start_gateway(keepalive_timeout_s=0.5)
-    writer = await open_non_reading_connection(gateway, small_gateway_buffers=True)
+    _, writer = await open_small_window_connection(gateway, small_gateway_buffers=True)
     writer.write(keep_alive_request(b"y" * 65_536) * 50)
     await poll(lambda: gateway.server.open_connections == 1)
     await poll(lambda: gateway.server.open_connections == 0, deadline_s=10)
