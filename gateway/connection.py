@@ -205,14 +205,13 @@ class Response:
     line) is recorded before the caller can see its answer complete.
     """
 
-    __slots__ = ("_body", "_chunked", "_connection", "_head_only", "_keep_alive", "_last",
-                 "finished", "started")  # fmt: skip
+    __slots__ = ("_chunked", "_connection", "_head_only", "_last", "_request", "finished",
+                 "started")  # fmt: skip
 
     def __init__(self, connection: HttpConnection, request: Request) -> None:
         self._connection = connection
+        self._request = request
         self._head_only = request.method == "HEAD"
-        self._keep_alive = request.keep_alive
-        self._body = request.body
         self._chunked = False
         self._last = b""
         self.started = False
@@ -245,7 +244,7 @@ class Response:
         """Send the head of an answer whose body follows (chunked when its length is unknown)."""
         # HTTP/1.0 callers (never kept alive here) read an unframed body to the close.
         self._chunked = (
-            content_length is None and not self._head_only and self._keep_alive
+            content_length is None and not self._head_only and self._request.keep_alive
             and status not in _NO_BODY
         )  # fmt: skip
         self._connection.write_raw(self._head(status, headers, content_length))
@@ -294,7 +293,8 @@ class Response:
         lines.append(_DATE_LINE.now())
         # A body not read to its end means the connection closes after this answer: say so,
         # or a keep-alive client would send its next request on a connection about to close.
-        if connection.close_after_response or not self._keep_alive or not self._body.complete:
+        request = self._request
+        if connection.close_after_response or not request.keep_alive or not request.body.complete:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         # The upstream's values were decoded this way, so they go back byte for byte; the
