@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -427,10 +426,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, but have its methods.
+        # (TCP_NODELAY is already set: asyncio and uvloop set it on every TCP transport.)
         self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._registry.add(self)
         # A connection that never sends a byte is the same threat as one that sends slowly.
         self._set_deadline(self._head_timeout_s, self._head_expired)

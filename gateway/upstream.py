@@ -300,12 +300,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, but have its methods.
+        # The head and body go in one write, but a body larger than the socket buffer is sent
+        # in pieces; Nagle would hold its tail back waiting for an ACK. asyncio and uvloop set
+        # TCP_NODELAY on every TCP transport, so there is nothing to do for it here.
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # The head and body go in one write, but a body larger than the socket buffer is
-            # sent in pieces; Nagle would hold its tail back waiting for an ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self._response is None:
