@@ -1,4 +1,4 @@
-"""The official SigV4 test vectors in ../shared/sigv4-testsuite, parsed for parametrized tests.
+"""The official SigV4 test vectors in tests/data/sigv4-testsuite, parsed for parametrized tests.
 
 Shared by the signer's tests and the emulator verifier's tests: the vectors are data, so both
 sides reading them through one parser shares no signing logic.
@@ -6,7 +6,6 @@ sides reading them through one parser shares no signing logic.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,8 @@ AMZ_DATE = "20150830T123600Z"
 
 
 def suite_dir() -> Path:
-    """Where the vectors are: $SIGV4_TESTSUITE, else ../shared/sigv4-testsuite beside the repo."""
-    configured = os.environ.get("SIGV4_TESTSUITE")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "shared" / "sigv4-testsuite"
+    """Where the vectors are: in the repository, with their LICENSE and NOTICE (they are data)."""
+    return Path(__file__).resolve().parent / "data" / "sigv4-testsuite"
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def load_vectors() -> list[Vector]:
     """Every case in the suite, found by walking it (none hand-picked)."""
     root = suite_dir()
     if not root.is_dir():
-        raise FileNotFoundError(f"SigV4 test suite not found at {root}; set SIGV4_TESTSUITE")
+        raise FileNotFoundError(f"SigV4 test suite not found at {root}")
     vectors = []
     for req in sorted(root.rglob("*.req")):
         base = req.with_suffix("")

@@ -1,6 +1,6 @@
 """The emulator's SigV4 verifier against the official AWS SigV4 test suite, plus its refusals.
 
-The suite lives beside the repository (``../shared/sigv4-testsuite``, or ``$SIGV4_TESTSUITE``); its
+The suite lives in the repository (``tests/data/sigv4-testsuite``, with its LICENSE and NOTICE); its
 README gives the signing parameters used here. Every case directory found is tested; none is
 hand-picked, and a missing suite fails the run instead of skipping it.
 """
@@ -8,7 +8,6 @@ hand-picked, and a missing suite fails the run instead of skipping it.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,16 +27,9 @@ from gateway.emulator.sigv4 import (
     string_to_sign,
     verify,
 )
+from tests.sigv4_vectors import suite_dir
 
-
-def _suite_dir() -> Path:
-    configured = os.environ.get("SIGV4_TESTSUITE")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "sigv4-testsuite"
-
-
-SUITE = _suite_dir()
+SUITE = suite_dir()
 # The README: "34 cases, 174 files". A walk that finds fewer has lost some, e.g. nested ones.
 EXPECTED_CASE_COUNT = 34
 
@@ -170,7 +162,7 @@ def verify_suite_request(request: RawRequest, *, session_token: str | None = Non
 
 def test_the_suite_is_present_and_complete() -> None:
     """The suite is found, holds every case, and each case has all of its sibling files."""
-    assert SUITE.is_dir(), f"SigV4 test suite not found at {SUITE} (set SIGV4_TESTSUITE)"
+    assert SUITE.is_dir(), f"SigV4 test suite not found at {SUITE}"
     assert len(CASES) == EXPECTED_CASE_COUNT, [case.name for case in CASES]
     for case in CASES:
         for extension in SIBLINGS:
