@@ -68,8 +68,14 @@ class Gateway:
             self._serve_view(request, response)
 
     def _framing_ok(self, request: Request, response: Response) -> bool:
-        """Whether the target and header bytes are what a SageMaker client sends (else 400)."""
+        """Whether the target and header bytes are what a SageMaker client sends (else 400),
+        and the method one that is not asking for a tunnel (405)."""
         try:
+            if request.method == "CONNECT":
+                raise MethodNotAllowed(
+                    "CONNECT is not supported: the gateway is not a forward proxy",
+                    allowed="GET, HEAD, POST",
+                )
             validate_framing(request.target, request.raw_headers)
         except GatewayError as error:
             self._refuse(error, response)

@@ -20,9 +20,17 @@ routes need, on the parser uvicorn and Node.js use (llhttp):
   more of a body waits unread than the handler will hold, and writing waits while the caller
   is slow.
 - What the parser refuses (conflicting lengths, obs-fold, control characters, bare LF, ...),
-  an oversized head, upgrades, trailers, a Transfer-Encoding other than chunked, an HTTP/1.1
-  request without exactly one Host, and chunked framing out of proportion to its body get a
-  SageMaker-shaped 400 (``ValidationError``), then the connection closes.
+  an oversized head, trailers, a Transfer-Encoding other than chunked or in an HTTP/1.0
+  request (RFC 9112 section 6.1), a Host missing from an HTTP/1.1 request, repeated, or not
+  ``host[:port]`` (section 3.2), a version other than 1.0 and 1.1 (505), and chunked framing
+  out of proportion to its body get a SageMaker-shaped 400 (``ValidationError``), then the
+  connection closes.
+- An ``Upgrade`` (h2c, which Java's HttpClient and ``curl --http2`` ask for on every plain-http
+  call; WebSocket) is ignored, as RFC 9110 section 7.8 allows: the request is answered in
+  HTTP/1.1 as if the field were absent. CONNECT, which would turn the connection into a
+  tunnel, is handed to the handler (which answers 405) and the connection then closes.
+- Field values lose their trailing whitespace (leading whitespace the parser drops), which is
+  not part of the value (RFC 9110 section 5.5).
 - A caller that goes away cancels its handler; as with nginx, closing its sending side counts
   as going away (TCP cannot tell a half-close from a close).
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -81,6 +90,16 @@ _STATUS_LINES = {
 
 class BadRequest(Exception):
     """The request's framing breaks a limit of this server (raised inside parser callbacks)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+#: RFC 3986 section 3.2.2 host (IP-literal, IPv4address or reg-name), then an optional port:
+#: what RFC 9112 section 3.2 allows in Host. No userinfo, path, space or second colon.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_OWS = b" \t"
 
 
 class RequestBody:
@@ -388,6 +407,10 @@ class HttpConnection(asyncio.Protocol):
         self.close_after_response = False
         self.closed = False
         self._refused = False
+        #: The head of a request that asked for an upgrade, rebuilt without its Upgrade field,
+        #: to parse again once the parser stops at it; or, for CONNECT, True: what follows is
+        #: a tunnel's bytes, never read as HTTP.
+        self._upgrade: bytes | bool = False
 
     # --- used by requests and responses
 
@@ -436,7 +459,7 @@ class HttpConnection(asyncio.Protocol):
         if self._lingering >= 0:
             self._linger_drop(len(data))
             return
-        if self.closed or self._refused:
+        if self.closed or self._refused or self._upgrade is True:
             return
         if not self._in_head and self._parsing is None:
             # The first bytes of a new head: its deadline starts now.
@@ -448,10 +471,14 @@ class HttpConnection(asyncio.Protocol):
         self._fed_body = 0
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The parser stops after a head that asks for another protocol.
+            self._upgrade_ignored(data[exc.args[0] :])
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, BadRequest):
-                self._refuse(str(cause))
+                self._refuse(str(cause), cause.status)
             else:  # a bug of ours: the connection is in no known state
                 self._log.error("connection_error", error=repr(cause))
                 self.abort()
@@ -515,45 +542,64 @@ class HttpConnection(asyncio.Protocol):
         if not self._in_head:  # after a chunked body: nothing a SageMaker client sends
             raise BadRequest("trailer fields are not accepted")
         headers = self._raw_headers
-        headers.append((name, value))
+        headers.append((name, value.rstrip(_OWS)))
         if len(headers) > MAX_HEADERS:
             raise BadRequest(f"the request has more than {MAX_HEADERS} headers")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        if parser.should_upgrade():  # no SageMaker client asks (h2c, WebSocket)
-            raise BadRequest("protocol upgrades are not supported")
         target = b"".join(self._url)
         raw_headers = self._raw_headers
         if len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers) > MAX_HEAD_BYTES:
             raise BadRequest(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
-        http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):  # llhttp reads a line without one as 0.9
+            raise BadRequest(f"HTTP version {version} is not supported", status=505)
+        http11 = version == "1.1"
+        method = parser.get_method()
+        if parser.should_upgrade() and method != b"CONNECT":
+            # Ignored (RFC 9110 section 7.8). The parser would read no body after this head,
+            # so the head is parsed again without its Upgrade field, and the rest after it.
+            self._upgrade = self._head_without_upgrade(method, target, version)
+            return
         hosts = 0
+        host = b""
+        chunked = False
         expect_continue = False
         content_length = None
         for name, value in raw_headers:
             lower = name.lower()
             if lower == b"host":
                 hosts += 1
+                host = value
             elif lower == b"content-length":
                 content_length = int(value)
             elif lower == b"expect":
                 expect_continue = http11 and value.lower() == b"100-continue"
-            elif lower == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                raise BadRequest("Transfer-Encoding other than chunked is not supported")
-        if http11 and hosts != 1:
-            raise BadRequest("an HTTP/1.1 request must have exactly one Host header")
+            elif lower == b"transfer-encoding":
+                if value.lower() != b"chunked":
+                    raise BadRequest("Transfer-Encoding other than chunked is not supported")
+                chunked = True
+        if hosts > 1 or (http11 and hosts == 0):
+            raise BadRequest("a request must have exactly one Host header (none in HTTP/1.0)")
+        if not _HOST.fullmatch(host):
+            raise BadRequest("the Host header must be host[:port]")
+        if chunked and not http11:
+            raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
         self._in_head = False
         self._on_deadline = None
         request = Request(
-            parser.get_method().decode("ascii"),
+            method.decode("ascii"),
             target.decode("latin-1"),
             raw_headers,
-            # HTTP/1.0 keep-alive is an old extension no SageMaker client needs.
-            http11 and parser.should_keep_alive(),
+            # HTTP/1.0 keep-alive is an old extension no SageMaker client needs; after a
+            # CONNECT come a tunnel's bytes.
+            http11 and parser.should_keep_alive() and method != b"CONNECT",
             RequestBody(self, expect_continue),
             content_length,
         )
+        if method == b"CONNECT":
+            self._upgrade = True
         self._parsing = request
         if self._active is None and self._after_drain is None:
             self._begin(request)
@@ -571,6 +617,26 @@ class HttpConnection(asyncio.Protocol):
         request, self._parsing = self._parsing, None
         if request is not None:
             request.body._finish()
+
+    def _head_without_upgrade(self, method: bytes, target: bytes, version: str) -> bytes:
+        """The request head as received, less its Upgrade fields (the Connection field's
+        tokens then name nothing; no field of either kind is ever forwarded)."""
+        lines = [b"%b %b HTTP/%b" % (method, target, version.encode())]
+        lines += [name + b": " + value for name, value in self._raw_headers
+                  if name.lower() != b"upgrade"]  # fmt: skip
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def _upgrade_ignored(self, rest: bytes) -> None:
+        """The parser stopped at a head asking for an upgrade: for CONNECT, read no further;
+        otherwise parse that head again without its Upgrade field, then what followed it."""
+        head = self._upgrade
+        if not isinstance(head, bytes):
+            return
+        self._upgrade = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._parsing = None
+        self._in_head = False
+        self.data_received(head + rest)
 
     # --- requests
 
@@ -632,7 +698,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._set_deadline(self._keepalive_timeout_s, self._close)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, status: int = 400) -> None:
         """Answer a request that is not valid HTTP (or breaks a limit) with 400, and close."""
         self._refused = True
         self._stop_timer()
@@ -645,7 +711,9 @@ class HttpConnection(asyncio.Protocol):
         if self._active is None:
             self._on_reject("bad_http")
             response = Response(self, Request("GET", "", [], False, RequestBody(self, False)))
-            response.send_error(ValidationError(message), new_request_id())
+            error = ValidationError(message)
+            error.status = status  # 400, or 505 for an HTTP version other than 1.x
+            response.send_error(error, new_request_id())
             response.flush()
             self._close(linger=True)
         else:
@@ -684,7 +752,7 @@ class HttpConnection(asyncio.Protocol):
         """Whether the caller may have sent bytes not read yet (a body, a next request)."""
         parsing = self._parsing
         return (
-            self._reading_paused or self._in_head or bool(self._pipeline)
+            self._reading_paused or self._in_head or bool(self._pipeline) or self._upgrade is True
             or (parsing is not None and not parsing.body.complete)
         )  # fmt: skip
 

@@ -17,15 +17,21 @@ from gateway.operations import HeaderRule, Operation
 #: whatever looser rule the model states for it.
 MAX_HEADER_CHARS = 1024
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-_FIELD_BYTES = re.compile(rb"[\x20-\x7e\t]*")
+#: RFC 9110 section 5.6.2 token, and section 5.5 field-value (VCHAR, SP, HTAB and obs-text:
+#: a header the gateway drops anyway, such as ``User-Agent: café``, may carry UTF-8).
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(r"-?[0-9]{1,10}")
 _PATTERN = "Member must satisfy regular expression pattern: "
 
 
 def validate_framing(raw_target: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Refuse what no SageMaker client sends: absolute-form targets, non-ASCII header bytes.
+    """Refuse what no SageMaker client sends: absolute-form targets, control characters (other
+    than HTAB) or non-token names in header fields.
 
-    The HTTP parser already refuses malformed framing; this catches what it lets through.
+    The HTTP parser refuses the same bytes; this states the rule where the gateway applies
+    it, so that it holds whatever the parser's leniencies. The API's own headers are held to
+    printable ASCII later (:func:`validate_header`).
     """
     if not raw_target.startswith("/"):
         raise ValidationError(
@@ -34,11 +40,12 @@ def validate_framing(raw_target: str, raw_headers: Iterable[tuple[bytes, bytes]]
             reason="bad_http",
         )
     for name, value in raw_headers:
-        if not (_FIELD_BYTES.fullmatch(name) and _FIELD_BYTES.fullmatch(value)):
+        if not (_FIELD_NAME.fullmatch(name) and _FIELD_VALUE.fullmatch(value)):
             shown = name.decode("ascii", "replace")[:64]
             raise ValidationError(
-                f"Header '{shown}' must be printable US-ASCII",
-                reason="header_not_ascii",
+                f"Header '{shown}' must be a token with a value of visible characters, "
+                "spaces and tabs (RFC 9110 section 5.5)",
+                reason="bad_http",
             )
 
 

@@ -126,11 +126,10 @@ async def test_a_head_request_gets_headers_and_no_body(gateway):
         ([b"X-Big: " + b"a" * MAX_HEAD_BYTES], f"larger than {MAX_HEAD_BYTES} bytes"),
         ([b"X-H%d: v" % i for i in range(MAX_HEADERS + 1)], f"more than {MAX_HEADERS} headers"),
         ([b"Content-Length: 2", b"Content-Length: 3"], "Duplicate Content-Length"),
-        ([b"Connection: Upgrade", b"Upgrade: h2c"], "protocol upgrades are not supported"),
         ([b"Host: y", b"Content-Length: 2"], "exactly one Host header"),
         ([b"Transfer-Encoding: gzip, chunked"], "Transfer-Encoding other than chunked"),
     ],
-    ids=["large-head", "many-headers", "two-lengths", "upgrade", "two-hosts", "gzip-coded"],
+    ids=["large-head", "many-headers", "two-lengths", "two-hosts", "gzip-coded"],
 )
 async def test_framing_errors_are_sagemaker_shaped_and_name_the_rule(
     gateway, journal, registry, head_lines, rule

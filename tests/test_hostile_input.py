@@ -38,7 +38,6 @@ HOSTILE = {
     "control-character-in-junk-header": request_bytes(
         [b"Content-Length: 2", b"X-Junk: a\x7fb"], b"{}"
     ),
-    "non-ascii-header-value": request_bytes([b"Content-Length: 2", b"X-Junk: caf\xc3\xa9"], b"{}"),
     "non-ascii-header-name": request_bytes([b"Content-Length: 2", b"X-J\xffnk: a"], b"{}"),
     "70kb-header": request_bytes([b"Content-Length: 2", b"X-Big: " + b"a" * 70_000], b"{}"),
     "many-headers": request_bytes(
@@ -138,10 +137,20 @@ def test_only_the_operations_headers_can_ever_be_selected(headers):
     )
 
 
+TOKEN_BYTES = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
 @given(st.binary(max_size=40), st.binary(max_size=40))
-def test_framing_accepts_exactly_printable_ascii_header_bytes(name, value):
-    """Any header byte outside printable ASCII (and tab) is refused, any other accepted."""
-    ok = all(0x20 <= b <= 0x7E or b == 9 for b in name + value)
+def test_framing_accepts_exactly_rfc_9110_field_bytes(name, value):
+    """A name must be a token; a value may hold visible ASCII, SP, HTAB and obs-text (0x80 to
+    0xFF), and no other control character (RFC 9110 sections 5.1, 5.5)."""
+    ok = (
+        bool(name)
+        and all(b in TOKEN_BYTES for b in name)
+        and all(0x20 <= b <= 0x7E or b == 9 or b >= 0x80 for b in value)
+    )
     try:
         validate_framing("/endpoints/x/invocations", [(name, value)])
     except ValidationError:
