@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gateway.server import free_port
+from gateway.demo import free_port
 
 EMULATOR_KEY = ("AKIDEMULATOR", "emulator-secret-key")  # the emulator's default credentials
 

@@ -6,6 +6,11 @@ connections. Every number is also given as a ratio to the floor measured in the 
 because absolute figures drift on a shared machine. Loopback only; every run is bounded.
 
 Results: a table on stdout, bench/results/bench.json, and bench/results/latency.png.
+
+``BENCH_COMPARE='NAME=COMMAND'`` (several separated by ``;``) measures other proxies in the same
+run, each pinned alone to CPU 1 like the gateway: COMMAND is run through the shell with ``{port}``
+(where to listen) and ``{upstream}`` (the backend's URL) filled in, and the AWS variables of the
+gateway's environment. The script never builds or downloads anything for them (bench/README.md).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,6 +146,21 @@ def measure(
     )  # fmt: skip
 
 
+def wait_until_listening(port: int, deadline_s: float = 30.0) -> None:
+    """Wait for something to accept connections on ``port`` (a proxy may answer / with 404)."""
+    import socket
+
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise TimeoutError(f"nothing listens on port {port} after {deadline_s} s") from None
+            time.sleep(0.05)
+
+
 @contextmanager
 def process(
     command: list[str], cpu: str, env: dict[str, str] | None = None, log: Path | None = None
@@ -225,6 +245,19 @@ def chart(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def compared(spec: str, port_of: dict[str, int], upstream: str) -> list[tuple[str, list[str]]]:
+    """The proxies named in ``BENCH_COMPARE``: (name, command) each, with a free port each."""
+    systems = []
+    for entry in filter(None, (part.strip() for part in spec.split(";"))):
+        name, sep, command = entry.partition("=")
+        if not sep or not command.strip():
+            raise SystemExit(f"BENCH_COMPARE entry {entry!r} is not NAME=COMMAND")
+        port_of[name] = free_port()
+        filled = command.replace("{port}", str(port_of[name])).replace("{upstream}", upstream)
+        systems.append((name.strip(), ["sh", "-c", f"exec {filled}"]))
+    return systems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8, help="seconds per wrk run")
@@ -256,10 +289,15 @@ def main() -> int:
     ]  # fmt: skip
     runs: list[Run] = []
     path = "/endpoints/bench/invocations"
+    ports: dict[str, int] = {}
+    others = compared(
+        os.environ.get("BENCH_COMPARE", ""), ports, f"http://127.0.0.1:{backend_port}"
+    )
     with (
         process(["nginx", "-c", str(workdir / "backend.conf")], CPU_LOAD) as backend,
         process(["nginx", "-c", str(workdir / "floor.conf")], CPU_PROXY) as floor,
         process(gateway_command, CPU_PROXY, env, workdir / "gateway.log") as gateway,
+        ExitStack() as stack,
     ):
         for port in (backend_port, floor_port):
             wait_until_up(f"http://127.0.0.1:{port}/")
@@ -268,6 +306,12 @@ def main() -> int:
             "nginx proxy_pass (floor)": (f"http://127.0.0.1:{floor_port}{path}", floor),
             "sagemaker-gateway": (f"http://127.0.0.1:{gateway_port}{path}", gateway),
         }
+        for name, command in others:
+            log = workdir / f"{name.replace('/', '_')}.log"
+            pid = stack.enter_context(process(command, CPU_PROXY, env, log))
+            url = f"http://127.0.0.1:{ports[name]}"
+            wait_until_listening(ports[name])
+            systems[name] = (f"{url}{path}", pid)
         direct = f"http://127.0.0.1:{backend_port}{path}"
         for name, (url, pid) in systems.items():
             wrk(url, workdir / "body-100B", 32, 2, workdir)  # warm-up: pools and caches

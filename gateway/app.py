@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import structlog
@@ -9,13 +10,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.config import Config
-from gateway.connection import Request, Response
 from gateway.credentials import CredentialSource, botocore_resolver
-from gateway.errors import GatewayError, MethodNotAllowed, UnknownOperation, new_request_id
+from gateway.errors import (
+    GatewayError,
+    InternalFailure,
+    MethodNotAllowed,
+    UnknownOperation,
+    ValidationError,
+    VersionNotSupported,
+    error_answer,
+    new_request_id,
+)
+from gateway.http.client import UpstreamPool
+from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
 from gateway.operations import load_operations
 from gateway.proxy import GatewayState, Proxy
-from gateway.upstream import make_upstream_pool
 from gateway.validation import validate_framing
 
 ENDPOINTS_PREFIX = "/endpoints/"
@@ -43,14 +53,12 @@ class Gateway:
                       "/metrics": self.metrics_view}  # fmt: skip
 
     async def start(self) -> None:
-        """Begin resolving credentials and open the upstream pool."""
+        """Begin resolving credentials (the upstream pool opens connections as it needs them)."""
         await self.credentials.start()
-        self.proxy.upstream = make_upstream_pool(self.config)
 
     async def close(self) -> None:
         """Close the upstream pool and stop the credential refresher."""
-        if self.proxy.upstream is not None:
-            await self.proxy.upstream.close()
+        await self.proxy.upstream.close()
         await self.credentials.stop()
 
     async def handle(self, request: Request, response: Response) -> None:
@@ -99,18 +107,30 @@ class Gateway:
             return
         self._refuse(error, response)
 
+    def render_http_error(self, response: Response, error: HttpError) -> None:
+        """The SageMaker-shaped answer to what the HTTP layer refused (counted as bad_http),
+        or to a handler that failed."""
+        if error.status == 500:
+            answer: GatewayError = InternalFailure("The gateway failed to handle the request")
+        else:
+            self.metrics.reject("bad_http")
+            printable = "".join(ch if " " <= ch <= "~" else "?" for ch in error.reason)[:200]
+            message = f"The request is not valid HTTP/1.1: {printable}"
+            answer = (VersionNotSupported if error.status == 505 else ValidationError)(message)
+        response.send(*error_answer(answer, new_request_id()))
+
     def healthz(self, response: Response) -> None:
         """The process is up and serving HTTP: always 200 once the listener is open."""
-        response.send_json(200, {"status": "ok"})
+        _send_json(response, 200, {"status": "ok"})
 
     def readyz(self, response: Response) -> None:
         """200 when a request could be signed and forwarded now, else 503 with the reason."""
         if self.state.draining:
-            response.send_json(503, {"status": "unavailable", "reason": "draining"})
+            _send_json(response, 503, {"status": "unavailable", "reason": "draining"})
         elif self.credentials.current() is None:
-            response.send_json(503, {"status": "unavailable", "reason": "no credentials"})
+            _send_json(response, 503, {"status": "unavailable", "reason": "no credentials"})
         else:
-            response.send_json(200, {"status": "ready"})
+            _send_json(response, 200, {"status": "ready"})
 
     def metrics_view(self, response: Response) -> None:
         """The Prometheus exposition of this gateway's registry, or of every worker's, summed."""
@@ -124,7 +144,11 @@ class Gateway:
 
     def _refuse(self, error: GatewayError, response: Response) -> None:
         self.metrics.reject(error.reason)
-        response.send_error(error, new_request_id())
+        response.send(*error_answer(error, new_request_id()))
+
+
+def _send_json(response: Response, status: int, fields: dict[str, str]) -> None:
+    response.send(status, [("Content-Type", "application/json")], json.dumps(fields).encode())
 
 
 def make_app(
@@ -149,7 +173,12 @@ def make_app(
         max_endpoint_labels=config.max_endpoint_labels,
     )
     state = GatewayState()
-    proxy = Proxy(config, load_operations(), credentials, metrics, logger, state)
+    upstream = UpstreamPool(
+        config.upstream_url,
+        max_connections=config.upstream_pool_size,
+        connect_timeout_s=config.connect_timeout_s,
+    )
+    proxy = Proxy(config, load_operations(), credentials, upstream, metrics, logger, state)
     return Gateway(config, proxy, credentials, metrics, state)
 
 

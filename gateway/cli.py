@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"sagemaker-gateway: {exc}", file=sys.stderr)
             return 2
-        from gateway.server import serve
+        from gateway.serving import serve
 
         serve(config)
         return 0

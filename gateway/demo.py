@@ -8,6 +8,7 @@ service team's code would make them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import EmulatorSettings, make_emulator_app
 from gateway.log import configure_logging
-from gateway.server import GatewayServer, free_port
+from gateway.serving import GatewayServer
 from gateway.signing import SigningCredentials
 
 DEMO_ACCESS_KEY = "AKIDDEMO"
@@ -204,3 +205,10 @@ def _per_variant_summary(exposition: str) -> str:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for the demo, the tests and the bench)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

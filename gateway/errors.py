@@ -6,7 +6,8 @@ header and the JSON ``message``; shaping our own errors like the service's means
 
     GatewayError              status  x-amzn-ErrorType            when
     ├── ValidationError         400   ValidationError             bad name, header, query, framing
-    │   └── PayloadTooLarge     413   ValidationError             body over max_body_bytes
+    │   ├── PayloadTooLarge     413   ValidationError             body over max_body_bytes
+    │   └── VersionNotSupported 505   ValidationError             HTTP version other than 1.0, 1.1
     ├── AccessDenied            403   AccessDeniedException       endpoint not allowed by config
     ├── RequestTimeout          408   RequestTimeout              body not received in body_timeout
     ├── UnknownOperation        404   UnknownOperationException   no such route
@@ -23,6 +24,7 @@ Errors that come from SageMaker itself (ModelError 424 with its fields, Throttli
 
 from __future__ import annotations
 
+import json
 import os
 
 REQUEST_ID_HEADER = "x-amzn-RequestId"
@@ -57,6 +59,13 @@ class PayloadTooLarge(ValidationError):
 
     status = 413
     reason = "body_too_large"
+
+
+class VersionNotSupported(ValidationError):
+    """The request line names an HTTP version other than 1.0 and 1.1."""
+
+    status = 505
+    reason = "bad_http"
 
 
 class AccessDenied(GatewayError):
@@ -121,6 +130,18 @@ class GatewayTimeout(GatewayError):
 
 class InternalFailure(GatewayError):
     """A bug in the gateway: the caller gets a clean 500, the log gets the traceback."""
+
+
+def error_answer(error: GatewayError, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The SageMaker-shaped answer for ``error``: status, ErrorType header, JSON message."""
+    headers = [
+        ("Content-Type", "application/json"),
+        (ERROR_TYPE_HEADER, error.error_type),
+        (REQUEST_ID_HEADER, request_id),
+    ]
+    if isinstance(error, MethodNotAllowed):
+        headers.append(("Allow", error.allowed))
+    return error.status, headers, json.dumps({"message": error.message}).encode()
 
 
 def new_request_id() -> str:

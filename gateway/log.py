@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
-from gateway.clock import PerSecond
+from gateway.http.clock import PerSecond
 from gateway.metrics import Outcome
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}

@@ -7,6 +7,7 @@ the caller sees when one of them fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import time
@@ -17,7 +18,6 @@ import structlog
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from gateway.config import Config
-from gateway.connection import Request, RequestBody, Response
 from gateway.credentials import CredentialSource
 from gateway.errors import (
     AccessDenied,
@@ -29,15 +29,18 @@ from gateway.errors import (
     Throttled,
     UnknownOperation,
     ValidationError,
+    error_answer,
     new_request_id,
 )
 from gateway.headers import response_header_names, select_request_headers, select_response_headers
+from gateway.http.body import BodyBroken, BodyTimedOut, BodyTooLarge
+from gateway.http.client import UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.http.server import Request, Response
 from gateway.log import access_fields
 from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
 from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
-from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from gateway.validation import (
     body_limit,
     body_too_large,
@@ -70,6 +73,7 @@ class Proxy:
         config: Config,
         operations: Mapping[str, Operation],
         credentials: CredentialSource,
+        upstream: UpstreamPool,
         metrics: Metrics,
         logger: structlog.typing.FilteringBoundLogger,
         state: GatewayState,
@@ -77,11 +81,11 @@ class Proxy:
         self.config = config
         self.operations = operations
         self.credentials = credentials
+        self.upstream = upstream
         self.metrics = metrics
         self.log = logger
         self.state = state
         self.signer = Signer(config.region, "sagemaker")
-        self.upstream: UpstreamPool | None = None
         self.retry_budget = RetryBudget()
         self._host = config.upstream_host
         self._response_headers = {
@@ -102,7 +106,7 @@ class Proxy:
             self.metrics.reject(error.reason)
             self.log.info("request", request_id=request_id, status=error.status,
                           error=error.error_type, reason=error.reason)  # fmt: skip
-            response.send_error(error, request_id)
+            response.send(*error_answer(error, request_id))
             return
 
         operation = self.operations[suffix]
@@ -122,7 +126,7 @@ class Proxy:
             if outcome.upstream_duration_s is None:
                 self.metrics.reject(error.reason)
             # (A body refused unread closes the connection after this answer.)
-            response.send_error(error, outcome.request_id)
+            response.send(*error_answer(error, outcome.request_id))
         except asyncio.CancelledError:
             # The caller went away (the connection cancels the handler): nginx's 499, so the
             # request is not counted as a success with no status.
@@ -182,17 +186,17 @@ class Proxy:
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
         try:
-            if request.body.complete:
-                # The whole body came with the head (small bodies nearly always do): nothing
-                # to wait for, so no timer to arm.
-                body = _buffered_body(request.body, limit)
-            else:
-                async with asyncio.timeout(self.config.body_timeout_s):
-                    body = await _read_body(request.body, limit)
-        except TimeoutError:
+            body = await request.body.read(limit, self.config.body_timeout_s)
+        except BodyTooLarge:
+            raise body_too_large(limit) from None
+        except BodyTimedOut:
             raise RequestTimeout(
                 f"The request body did not arrive within {self.config.body_timeout_s:g} s "
                 "(body_timeout)"
+            ) from None
+        except BodyBroken as exc:
+            raise ValidationError(
+                f"The request is not valid HTTP/1.1: {exc}", reason="bad_http"
             ) from None
         outcome.request_bytes = len(body)
         if self.credentials.current() is None:
@@ -218,7 +222,6 @@ class Proxy:
         For a response stream the deadline covers the wait for the answer to start; after
         that, each part must follow the last within ``stream_idle_timeout``.
         """
-        assert self.upstream is not None, "the upstream pool opens with the app"
         path = f"/endpoints/{outcome.endpoint}/{suffix}"
         sent = time.perf_counter()
         outcome.upstream_duration_s = 0.0  # from here on, the request counts as forwarded
@@ -234,22 +237,21 @@ class Proxy:
                         outcome.variant, outcome.variant_confirmed = confirmed_variant, True
                     outcome.upstream_request_id = up.header("x-amzn-requestid")
                     back = select_response_headers(self._response_headers[suffix], up.headers)
-                    if up.status >= 300:
-                        payload = await up.read(MAX_ERROR_BODY_BYTES)
-                        outcome.model_timeout = _is_model_timeout(up.status, outcome.error, payload)
-                        outcome.response_bytes = len(payload)
-                        response.send(up.status, back, payload)
-                        return
-                    whole = up.read_complete()
-                    if whole is not None:  # the body came with the head: one write for both
+                    whole = up.body.take_whole()
+                    if whole is None and up.status >= 300:
+                        # Read whole to recognise a model timeout; a larger one is relayed.
+                        with contextlib.suppress(BodyTooLarge):
+                            whole = await up.body.read(MAX_ERROR_BODY_BYTES)
+                    if whole is not None:  # one write for the head and the body
+                        outcome.model_timeout = _is_model_timeout(up.status, outcome.error, whole)
                         outcome.response_bytes = len(whole)
                         response.send(up.status, back, whole)
                         return
                     response.start(up.status, back, up.content_length)
-                    if suffix == STREAM_SUFFIX:
+                    if suffix == STREAM_SUFFIX and up.status < 300:
                         await self._relay_stream(up, response, outcome, deadline)
                     else:
-                        while chunk := await up.read_chunk():
+                        while chunk := await up.body.read_chunk():
                             outcome.response_bytes += len(chunk)
                             await response.write(chunk)
                     response.finish()
@@ -282,7 +284,6 @@ class Proxy:
     ) -> UpstreamResponse:
         """POST the signed request; retry a failed connect or throttling while budget and
         deadline allow (a retry that could not finish in time is not started)."""
-        assert self.upstream is not None
         loop = asyncio.get_running_loop()
         retries = 0
         while True:
@@ -327,7 +328,7 @@ class Proxy:
         frames: EventStreamBuffer | None = EventStreamBuffer()
         while True:
             deadline.reschedule(loop.time() + self.config.stream_idle_timeout_s)
-            chunk = await up.read_chunk()
+            chunk = await up.body.read_chunk()
             if not chunk:
                 return
             outcome.response_bytes += len(chunk)
@@ -355,22 +356,6 @@ def _observe_frames(
     except ParserError:
         return None
     return frames
-
-
-def _buffered_body(stream: RequestBody, limit: int) -> bytes:
-    """The whole body of a request that has finished arriving, checked against ``limit``."""
-    body = stream.take()
-    if len(body) > limit:
-        raise body_too_large(limit)
-    return body
-
-
-async def _read_body(stream: RequestBody, limit: int) -> bytes:
-    """The whole body (SigV4 signs its hash), refused as soon as it passes ``limit``."""
-    body = await stream.read_all(limit)
-    if body is None:
-        raise body_too_large(limit)
-    return body
 
 
 def _error_type(header: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 
-from gateway.upstream import ConnectFailed, TLSFailed
+from gateway.http.client import ConnectFailed, TLSFailed
 
 #: Backoff before retry n (1-based) is uniform in [0, min(cap, base * 2**n)] ("full jitter").
 BACKOFF_BASE_S = 0.05

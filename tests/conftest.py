@@ -24,7 +24,7 @@ from gateway.app import make_app
 from gateway.config import Config
 from gateway.credentials import CredentialSource
 from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
-from gateway.server import GatewayServer
+from gateway.serving import GatewayServer
 from gateway.signing import SigningCredentials
 
 pytest_plugins = ["tests.emulator_fixtures"]  # the emulator-only tests' fixtures

@@ -11,7 +11,7 @@ import sys
 import aiohttp
 import pytest
 
-from gateway.server import free_port
+from gateway.demo import free_port
 from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, run_aws_cli
 from tests.waiting import poll
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gateway.connection import MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.http.server import MAX_HEAD_BYTES, MAX_HEADERS
 from tests.rawhttp import build_request, raw_request, read_response
 from tests.waiting import poll
 

@@ -36,9 +36,10 @@ from prometheus_client import CollectorRegistry
 from gateway.app import make_app
 from gateway.config import Config
 from gateway.credentials import CredentialSource
+from gateway.demo import free_port
 from gateway.emulator import EmulatorSettings
 from gateway.emulator.app import running_emulator
-from gateway.server import GatewayServer, free_port
+from gateway.serving import GatewayServer
 from gateway.signing import SigningCredentials
 from tests.conftest import ACCESS_KEY, MODEL_TIMEOUT_S, REGION, SECRET_KEY
 from tests.waiting import poll_blocking

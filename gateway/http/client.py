@@ -1,4 +1,4 @@
-"""The pooled HTTP/1.1 client the gateway forwards through.
+"""The client side of HTTP/1.1: a pool of keep-alive connections to one origin.
 
 A small protocol-level client in place of aiohttp's ``ClientSession``, which cost more CPU per
 request than all of the gateway's own steps together (see bench/README.md). It does only what
@@ -12,7 +12,11 @@ forwarding a signed request needs:
   idle. At most ``max_connections`` exist at once; a caller waits for one under its own deadline.
 - Answers are parsed by httptools (the C llhttp parser behind uvicorn and Node.js): bodies framed
   by Content-Length, chunked (each piece handed on as it arrives, for event streams) or ending
-  with the connection; 1xx answers are skipped.
+  with the connection; 1xx answers are skipped. A body waits in a :class:`~gateway.http.body.Body`,
+  the buffer the server side uses for requests: reading pauses while a slow caller leaves more
+  than its high-water mark untaken.
+- Each connection's phase is one :class:`Phase` value: idle, awaiting the head (through any 1xx),
+  reading the body, or closed.
 
 Errors (all ``UpstreamError``)::
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import os
 import socket
 import ssl
@@ -46,14 +51,10 @@ from urllib.parse import urlsplit
 import aiohappyeyeballs
 import httptools
 
-from gateway.config import Config
+from gateway.http.body import Body
 
 #: Idle upstream connections are kept this long for reuse (the runtime's own idle close is longer).
 KEEPALIVE_S = 30.0
-#: Reading from a connection pauses while this much of its answer waits unread, and resumes
-#: below the low mark, so a slow caller never makes the gateway hold a whole large answer.
-READ_HIGH_WATER_BYTES = 256 * 1024
-READ_LOW_WATER_BYTES = 64 * 1024
 #: Delay before trying the upstream's next address when it has several (RFC 8305).
 HAPPY_EYEBALLS_DELAY_S = 0.25
 
@@ -87,24 +88,14 @@ class ProtocolError(UpstreamError):
 
 
 class UpstreamResponse:
-    """One answer: its status and headers at once, its body read piece by piece.
+    """One answer: its status and headers at once, its :attr:`body` as it arrives.
 
     Use it as an async context manager (or call :meth:`release`): an answer not read to its
     end leaves its connection in an unknown state, so the connection is closed, never reused.
     """
 
-    __slots__ = (
-        "_by_name",
-        "_chunks",
-        "_complete",
-        "_connection",
-        "_error",
-        "_pending_bytes",
-        "_waiter",
-        "content_length",
-        "headers",
-        "status",
-    )
+    __slots__ = ("_by_name", "_connection", "body", "content_length", "ends_at_close", "headers",
+                 "status")  # fmt: skip
 
     def __init__(self, connection: _Connection) -> None:
         self.status = 0
@@ -112,61 +103,21 @@ class UpstreamResponse:
         self.headers: list[tuple[str, str]] = []
         #: The Content-Length header's value, None when the body is chunked or ends at close.
         self.content_length: int | None = None
+        #: The body is framed by the connection's close (neither a length nor chunked).
+        self.ends_at_close = False
+        self.body = Body(connection)
         self._by_name: dict[str, str] = {}
         self._connection: _Connection | None = connection
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._pending_bytes = 0
-        self._complete = False
-        self._error: UpstreamError | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     def header(self, lower_name: str) -> str | None:
         """The first value of the header called ``lower_name`` (lower-case), or None."""
         return self._by_name.get(lower_name)
 
-    async def read_chunk(self) -> bytes:
-        """What has arrived of the body since the last call, waiting for some; b"" at its end.
-
-        Raises Disconnected or ProtocolError when the body is cut short, after what did arrive
-        has been handed out.
-        """
-        chunks = self._chunks
-        while not chunks:
-            if self._complete:
-                return b""
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data = self._take()
-        connection = self._connection
-        if connection is not None and connection.reading_paused:
-            connection.resume_reading()
-        return data
-
-    def read_complete(self) -> bytes | None:
-        """The whole body if all of it has arrived already (small answers come with their
-        head), else None and nothing is consumed."""
-        return self._take() if self._complete else None
-
-    async def read(self, limit_bytes: int) -> bytes:
-        """The body up to ``limit_bytes`` (what is beyond is left unread)."""
-        parts: list[bytes] = []
-        size = 0
-        while size < limit_bytes and (chunk := await self.read_chunk()):
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)[:limit_bytes]
-
     def release(self) -> None:
         """Done with this answer: its connection is reused if the body was read to its end,
         otherwise closed."""
-        connection = self._connection
-        if connection is not None:  # the body did not end (a finished one lets go of it)
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is not None and not self.body.complete:
             connection.abort()
 
     async def __aenter__(self) -> UpstreamResponse:
@@ -179,16 +130,6 @@ class UpstreamResponse:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
-
-    def _take(self) -> bytes:
-        """Everything that arrived and was not read yet."""
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._pending_bytes = 0
-        return data
-
-    # Called by the connection, which owns the parser.
 
     def _set_head(self, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -203,28 +144,25 @@ class UpstreamResponse:
         # The parser has already refused a malformed length; a digits check keeps int() safe.
         if length is not None and length.isdigit():
             self.content_length = int(length)
+        chunked = by_name.get("transfer-encoding", "").lower().endswith("chunked")
+        self.ends_at_close = length is None and not chunked and status not in (204, 304)
 
-    def _add_body(self, data: bytes) -> int:
-        self._chunks.append(data)
-        self._pending_bytes += len(data)
-        self._wake()
-        return self._pending_bytes
 
-    def _finish(self) -> None:
-        self._complete = True
-        self._connection = None
-        self._wake()
+class Phase(enum.Enum):
+    """Where an upstream connection is in its exchange."""
 
-    def _fail(self, error: UpstreamError) -> None:
-        if not self._complete and self._error is None:
-            self._error = error
-            self._connection = None
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    #: No request under way: in the pool, or just opened.
+    IDLE = enum.auto()
+    #: The request is sent; waiting for the answer's head.
+    AWAITING_HEAD = enum.auto()
+    #: A 1xx head came (100 Continue, 103 Early Hints): the real answer follows.
+    INFORMATIONAL = enum.auto()
+    #: The head was handed over; the body is arriving.
+    READING_BODY = enum.auto()
+    #: The answer ended this read: the connection goes back to the pool or closes.
+    ANSWERED = enum.auto()
+    #: Closed, or broken (bytes nobody asked for, a second answer): never reused.
+    CLOSED = enum.auto()
 
 
 class _Connection(asyncio.Protocol):
@@ -233,35 +171,31 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self.transport: asyncio.Transport | None = None
+        self.phase = Phase.IDLE
         # httptools looks its callbacks up on this object once, here.
         self._parser = httptools.HttpResponseParser(self)
         self._response: UpstreamResponse | None = None
         self._head_waiter: asyncio.Future[None] | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._informational = False
-        self._ends_at_close = False
-        self._message_done = False
-        self._keep_alive = False
-        self._unexpected = False
-        self.reading_paused = False
-        self.closed = False
-        #: Set by the pool: whether this connection holds one of its slots, is idle in it, and
-        #: since when (loop time).
-        self.counted = False
-        self.pooled = False
-        self.idle_since = 0.0
+        #: The answer just ended allows the connection to carry another request.
+        self._reusable = False
+        self._reading_paused = False
 
     # --- used by the pool and the response
 
     def usable(self) -> bool:
-        """Open, as far as the event loop has seen."""
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
+        """Open and idle, as far as the event loop has seen."""
+        return (
+            self.phase is Phase.IDLE and self.transport is not None
+            and not self.transport.is_closing()
+        )  # fmt: skip
 
     async def exchange(self, head: bytes, body: bytes) -> UpstreamResponse:
         """Send one request and wait for its answer's head."""
-        assert self.transport is not None and self._response is None
+        assert self.transport is not None and self.phase is Phase.IDLE
         response = self._response = UpstreamResponse(self)
         self._head_waiter = waiter = asyncio.get_running_loop().create_future()
+        self.phase = Phase.AWAITING_HEAD
         if body:
             self.transport.writelines((head, body))
         else:
@@ -280,20 +214,26 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close now, dropping anything unsent (an answer is in an unknown state)."""
-        self.closed = True
+        self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
         """Close an idle connection."""
-        self.closed = True
+        self.phase = Phase.CLOSED
         if self.transport is not None:
             self.transport.close()
 
-    def resume_reading(self) -> None:
-        """Read again once the caller has taken what was waiting."""
-        self.reading_paused = False
-        if self.transport is not None and not self.closed:
+    # --- used by the body (its Source)
+
+    def body_full(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def body_taken(self) -> None:
+        if self._reading_paused and self.transport is not None and self.phase is not Phase.CLOSED:
+            self._reading_paused = False
             self.transport.resume_reading()
 
     # --- asyncio.Protocol
@@ -306,7 +246,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._response is None:
+        if self.phase is Phase.IDLE or self.phase is Phase.CLOSED:
             # Bytes nobody asked for: an idle connection is no longer in a known state.
             self.abort()
             return
@@ -318,83 +258,69 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"the answer is not valid HTTP/1.1 ({exc})"))
             return
-        if self._message_done:
-            self._message_done = False
+        if self.phase is Phase.ANSWERED:
             # An answer that came before the whole body was sent leaves the rest of the body
             # queued ahead of any next request: only a connection with nothing queued is reused.
-            if (
-                self._keep_alive
-                and not self._unexpected
-                and not self.closed
-                and self.transport is not None
-                and not self.transport.get_write_buffer_size()
-            ):
-                if self.reading_paused:
-                    self.resume_reading()
+            transport = self.transport
+            if self._reusable and transport is not None and not transport.get_write_buffer_size():
+                self.phase = Phase.IDLE
+                self.body_taken()
                 self._pool.release(self)
             else:
                 self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        phase, self.phase = self.phase, Phase.CLOSED
         response = self._response
         if response is not None:
-            if exc is None and self._ends_at_close and response.status:
+            if exc is None and phase is Phase.READING_BODY and response.ends_at_close:
                 self._response = None  # the body was framed by the close: it is complete
-                response._finish()
+                response.body.finish()
             else:
                 what = "reset" if exc is not None else "closed"
-                when = "an answer" if not response.status else "the answer ended"
+                when = "an answer" if phase is not Phase.READING_BODY else "the answer ended"
                 self._fail(Disconnected(f"the connection was {what} before {when}"))
         self._pool.forget(self)
 
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._response is None:  # a second answer to one request
-            self._unexpected = True
+        if self.phase is Phase.ANSWERED:  # a second answer to one request: never reused
+            self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        response = self._response
         raw_headers, self._raw_headers = self._raw_headers, []
-        if response is None:
+        response = self._response
+        if response is None or self.phase is not Phase.AWAITING_HEAD:
             return
         status = self._parser.get_status_code()
         if status < 200:
-            self._informational = True  # 100 Continue, 103 Early Hints: the answer follows
+            self.phase = Phase.INFORMATIONAL  # 100 Continue, 103 Early Hints: the answer follows
             return
         response._set_head(status, raw_headers)
-        framed = "content-length" in response._by_name or response._by_name.get(
-            "transfer-encoding", ""
-        ).lower().endswith("chunked")
-        self._ends_at_close = not framed and status not in (204, 304)
+        self.phase = Phase.READING_BODY
         waiter, self._head_waiter = self._head_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        response = self._response
-        if response is None:
-            return
-        if response._add_body(body) > READ_HIGH_WATER_BYTES and not self.reading_paused:
-            self.reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+        if self.phase is Phase.READING_BODY and self._response is not None:
+            self._response.body.feed(body)
 
     def on_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
+        if self.phase is Phase.INFORMATIONAL:
+            self.phase = Phase.AWAITING_HEAD
             return
         response = self._response
-        if response is None:
+        if response is None or self.phase is not Phase.READING_BODY:
             return
         self._response = None
-        self._keep_alive = self._parser.should_keep_alive()
-        self._message_done = True
-        response._finish()
+        self._reusable = self._parser.should_keep_alive()
+        self.phase = Phase.ANSWERED
+        response.body.finish()
 
     def _fail(self, error: UpstreamError) -> None:
         """The exchange under way cannot finish: tell whoever waits, and close."""
@@ -403,7 +329,7 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         elif response is not None:
-            response._fail(error)
+            response.body.fail(error)
         self.abort()
 
 
@@ -429,9 +355,11 @@ class UpstreamPool:
         self._keepalive_s = keepalive_s
         #: Open connections (in use or idle), plus slots reserved for connects under way.
         self._slots_used = 0
+        #: The open connections, each holding one of the slots.
         self._connections: set[_Connection] = set()
-        #: Idle connections, oldest first: reuse takes the newest, the idle sweep the oldest.
-        self._idle: list[_Connection] = []
+        #: Idle connections and since when (loop time), oldest first: reuse takes the newest,
+        #: the idle sweep the oldest.
+        self._idle: dict[_Connection, float] = {}
         #: Callers waiting for a connection: each gets one handed over, or None (a slot freed:
         #: open a new one).
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
@@ -463,8 +391,6 @@ class UpstreamPool:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        for connection in self._idle:
-            connection.pooled = False
         self._idle.clear()
         for connection in list(self._connections):
             connection.abort()
@@ -487,20 +413,15 @@ class UpstreamPool:
                 waiter.set_result(connection)
                 return
         loop = asyncio.get_running_loop()
-        connection.idle_since = now = loop.time()
-        connection.pooled = True
-        self._idle.append(connection)
+        self._idle[connection] = now = loop.time()
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_at(now + self._keepalive_s, self._sweep)
 
     def forget(self, connection: _Connection) -> None:
         """``connection`` is closed: drop it, and give its slot to a waiting caller."""
-        self._connections.discard(connection)
-        if connection.pooled:
-            connection.pooled = False
-            self._idle.remove(connection)
-        if connection.counted:
-            connection.counted = False
+        self._idle.pop(connection, None)
+        if connection in self._connections:
+            self._connections.discard(connection)
             self._free_slot()
 
     # --- internals
@@ -509,8 +430,7 @@ class UpstreamPool:
         while True:
             idle = self._idle
             while idle:
-                connection = idle.pop()
-                connection.pooled = False
+                connection, _ = idle.popitem()
                 if connection.usable():
                     return connection
                 connection.abort()
@@ -573,14 +493,13 @@ class UpstreamPool:
             if isinstance(exc, OSError):
                 raise ConnectFailed(f"connection failed ({_reason(exc)})", exc) from None
             raise
-        if self._closed or connection.closed:
+        if self._closed or connection.phase is Phase.CLOSED:
             # Not yet counted, so its connection_lost frees nothing: the slot is freed here.
             connection.abort()
             self._free_slot()
             if self._closed:
                 raise UpstreamError("the upstream connection pool is closed")
             raise ConnectFailed("the connection closed as soon as it opened")
-        connection.counted = True
         self._connections.add(connection)
         return connection
 
@@ -599,12 +518,12 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         idle = self._idle
         expired_at = loop.time() - self._keepalive_s
-        while idle and idle[0].idle_since <= expired_at:
-            connection = idle.pop(0)
-            connection.pooled = False
+        for connection, since in list(idle.items()):
+            if since > expired_at:
+                self._sweep_handle = loop.call_at(since + self._keepalive_s, self._sweep)
+                break
+            del idle[connection]
             connection.close()
-        if idle:
-            self._sweep_handle = loop.call_at(idle[0].idle_since + self._keepalive_s, self._sweep)
 
 
 def _reason(error: OSError) -> str:
@@ -625,12 +544,3 @@ def encode_head(method: str, target: str, headers: Sequence[tuple[str, str]]) ->
     if head.count(b"\n") != line_count or head.count(b"\r") != line_count:
         raise ValueError("a request header contains a line break")
     return head
-
-
-def make_upstream_pool(config: Config) -> UpstreamPool:
-    """The gateway's pool to ``config.upstream_url``, sized and timed by ``config``."""
-    return UpstreamPool(
-        config.upstream_url,
-        max_connections=config.upstream_pool_size,
-        connect_timeout_s=config.connect_timeout_s,
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.clock import PerSecond
+from gateway.http.clock import PerSecond
 
 
 def test_the_text_is_rendered_once_per_second():

@@ -1,18 +1,15 @@
 """Run the gateway on its sockets, and stop it without dropping a request.
 
 The shutdown steps happen in the order a rolling deploy needs (see :meth:`GatewayServer.stop`).
+The HTTP protocol itself is :mod:`gateway.http.server`; ``--workers`` is :mod:`gateway.workers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import multiprocessing
-import os
 import signal
 import socket
-import tempfile
-import threading
 from collections.abc import Callable
 
 import structlog
@@ -25,11 +22,8 @@ from prometheus_client import (
 
 from gateway.app import Gateway, make_app
 from gateway.config import Config
-from gateway.connection import ConnectionRegistry, Handler, HttpConnection, RefusedConnection
+from gateway.http.server import ConnectionRegistry, Handler, RefusedConnection, ServerConnection
 from gateway.log import configure_logging
-
-#: A worker that keeps dying is not restarted forever: the supervisor then runs on with fewer.
-MAX_WORKER_RESTARTS = 10
 
 
 class GatewayServer:
@@ -91,13 +85,14 @@ class GatewayServer:
         def new_connection() -> asyncio.Protocol:
             if len(registry.connections) >= config.max_connections:
                 return RefusedConnection(reject)
-            return HttpConnection(
+            return ServerConnection(
                 registry,
                 handler,
+                self.app.render_http_error,
                 head_timeout_s=config.head_timeout_s,
                 keepalive_timeout_s=config.keepalive_timeout_s,
                 on_reject=reject,
-                logger=self.app.log,
+                log=self.app.log,
             )
 
         return await asyncio.get_running_loop().create_server(
@@ -144,7 +139,9 @@ def serve(config: Config) -> None:
     """
     configure_logging(config.log_level)
     if config.workers > 1:
-        raise SystemExit(_supervise(config))
+        from gateway.workers import supervise
+
+        raise SystemExit(supervise(config))
     serve_one(config)
 
 
@@ -153,52 +150,6 @@ def serve_one(config: Config) -> None:
     configure_logging(config.log_level)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(_serve(config))
-
-
-def _supervise(config: Config) -> int:
-    """Run ``config.workers`` serving processes until SIGTERM/SIGINT; their exit status."""
-    log = structlog.get_logger("gateway")
-    with tempfile.TemporaryDirectory(prefix="smgw-metrics-") as metrics_dir:
-        # prometheus-client reads this when it is imported: set it before any worker starts.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        spawn = multiprocessing.get_context("spawn")
-        stopping = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
-        workers = [spawn.Process(target=serve_one, args=(config,)) for _ in range(config.workers)]
-        for worker in workers:
-            worker.start()
-        log.info("workers_started", pids=[worker.pid for worker in workers])
-        restarts = 0
-        while not stopping.wait(0.2):
-            for index, worker in enumerate(workers):
-                if worker.is_alive() or restarts >= MAX_WORKER_RESTARTS:
-                    continue
-                _mark_dead(worker.pid)
-                log.error("worker_exited", pid=worker.pid, exitcode=worker.exitcode)
-                workers[index] = spawn.Process(target=serve_one, args=(config,))
-                workers[index].start()
-                restarts += 1
-        for worker in workers:  # each drains as a single gateway would
-            if worker.is_alive() and worker.pid is not None:
-                os.kill(worker.pid, signal.SIGTERM)
-        deadline = config.shutdown_grace_s + config.drain_timeout_s + 10
-        for worker in workers:
-            worker.join(deadline)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
-        codes = [worker.exitcode for worker in workers]
-        log.info("workers_stopped", exit_codes=codes)
-        return 0 if all(code == 0 for code in codes) else 1
-
-
-def _mark_dead(pid: int | None) -> None:
-    """Drop a dead worker's live gauges (in-flight) from the summed metrics."""
-    if pid is not None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -238,10 +189,3 @@ async def _serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for the demo and tests)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -14,8 +14,7 @@ import pytest
 import trustme
 import uvloop
 
-from gateway.retry import is_connect_failure
-from gateway.upstream import (
+from gateway.http.client import (
     ConnectFailed,
     ConnectTimedOut,
     Disconnected,
@@ -24,6 +23,7 @@ from gateway.upstream import (
     UpstreamPool,
     encode_head,
 )
+from gateway.retry import is_connect_failure
 from tests.waiting import poll
 
 # pytest-asyncio 1.x prefers a conftest hook, which would apply to every module; this override
@@ -165,7 +165,7 @@ def answer_ok_after(release: asyncio.Event) -> Answer:
 async def post(pool: UpstreamPool, body: bytes = b"{}") -> tuple[int, bytes]:
     """One request; its status and whole body."""
     async with await pool.request("POST", TARGET, signed_headers(body), body) as response:
-        return response.status, await response.read(1 << 20)
+        return response.status, await response.body.read(1 << 20)
 
 
 async def test_exactly_the_signed_headers_and_the_body_go_out(start_upstream, open_pool):
@@ -244,7 +244,7 @@ async def test_a_content_length_body_is_read_whole_across_packets(start_upstream
     pool = open_pool(url_of(upstream))
     async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert response.content_length == len(body)
-        assert await response.read(1 << 20) == body
+        assert await response.body.read(1 << 20) == body
     assert await post(pool) == (200, body)
     assert len(upstream.connections) == 1
 
@@ -282,10 +282,10 @@ async def test_chunked_parts_are_handed_on_as_they_arrive(start_upstream, open_p
     pool = open_pool(url_of(upstream))
     async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert response.content_length is None
-        assert await response.read_chunk() == b"first"
+        assert await response.body.read_chunk() == b"first"
         send_second.set()
-        assert await response.read_chunk() == b"second"
-        assert await response.read_chunk() == b""
+        assert await response.body.read_chunk() == b"second"
+        assert await response.body.read_chunk() == b""
     assert (pool.open_connections, pool.idle_connections) == (1, 1)
 
 
@@ -377,7 +377,7 @@ async def test_an_answer_not_read_to_its_end_is_never_reused(start_upstream, ope
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
     async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
-        assert await response.read_chunk()
+        assert await response.body.read_chunk()
     async with asyncio.timeout(5):
         await upstream.connections[0].closed.wait()
     assert pool.idle_connections == 0
@@ -473,9 +473,9 @@ async def test_a_body_cut_short_hands_on_what_came_then_fails(start_upstream, op
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
     async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
-        assert await response.read_chunk() == b"five!"
+        assert await response.body.read_chunk() == b"five!"
         with pytest.raises(Disconnected, match="before the answer ended"):
-            await response.read_chunk()
+            await response.body.read_chunk()
 
 
 async def test_an_answer_that_is_not_http_is_a_protocol_error(start_upstream, open_pool):
