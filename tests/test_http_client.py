@@ -364,6 +364,50 @@ async def test_a_cancelled_request_closes_its_connection(start_upstream, open_po
     assert pool.idle_connections == 0
 
 
+# asyncio's loop only: uvloop's transport looks data_received up once, so it cannot be wrapped.
+@pytest.mark.parametrize("event_loop_policy", ["asyncio"], indirect=True)
+async def test_a_caller_cancelled_as_its_answer_lands_leaves_the_next_callers_request(
+    start_upstream, open_pool
+):
+    """A caller's whole answer arrives and its connection goes back to the pool; in that same
+    turn of the loop it is cancelled (its deadline fires), and a second caller, already
+    runnable, takes the connection and sends on it. The second request must go on: only an
+    exchange that still owns the connection may close it.
+
+    The turn is forced by wrapping the connection's data_received: the event loop allows this
+    order (a deadline firing as the answer lands) but seldom produces it on its own.
+    """
+    release = asyncio.Event()
+    upstream = await start_upstream(answer_ok_after(release))
+    pool = open_pool(url_of(upstream), max_connections=1)
+    first = asyncio.create_task(post(pool))
+    await poll(lambda: len(upstream.requests) == 1)
+    go = asyncio.Event()
+
+    async def second_caller() -> tuple[int, bytes]:
+        await go.wait()
+        return await post(pool)
+
+    second = asyncio.create_task(second_caller())
+    [connection] = list(pool._connections)
+    delivered = connection.data_received
+
+    def answer_then_cancel_first(data: bytes) -> None:
+        go.set()  # the second caller is runnable before the first resumes
+        delivered(data)  # the answer is whole: the connection is back in the pool
+        first.cancel()
+        connection.data_received = delivered  # type: ignore[method-assign]
+
+    connection.data_received = answer_then_cancel_first  # type: ignore[method-assign]
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(5):
+        assert await second == (200, b"ok")
+    assert len(upstream.requests) == 2
+    assert len(upstream.connections) == 1  # the second went on the same connection
+
+
 async def test_an_answer_not_read_to_its_end_is_never_reused(start_upstream, open_pool):
     """Released after its first chunk, a 1 MB answer's connection is closed, not pooled; the
     next request gets a fresh connection."""

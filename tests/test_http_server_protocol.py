@@ -16,6 +16,8 @@ import pytest
 from gateway.http.body import BodyError
 from gateway.http.server import (
     LINGER_S,
+    MAX_HEAD_BYTES,
+    MAX_PIPELINED,
     ConnectionRegistry,
     HttpError,
     Phase,
@@ -405,3 +407,58 @@ async def test_a_stop_closes_an_idle_connection_and_lets_an_answer_finish(connec
     handler.release.set()
     await busy_transport.wait_until(lambda: busy_transport.closed)
     assert b"Connection: close" in busy_transport.written
+
+
+async def test_a_half_close_during_an_answer_the_caller_does_not_take_is_cut(connect, clock):
+    """A caller that stops reading, then half-closes while its answer is still buffered: the
+    connection is cut after keepalive_timeout, not held open for ever."""
+    protocol, transport = connect()
+    protocol.data_received(post(b"{}"))
+    await transport.wait_until(lambda: bool(transport.answers()))
+    transport.buffered = 200_000  # what the kernel could not send: the caller reads nothing
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHo")  # the next head begins
+    protocol.eof_received()
+    clock.advance(KEEPALIVE_S + 0.01)
+    assert transport.aborted
+
+
+async def test_many_pipelined_upgrade_heads_are_answered_without_recursion(connect, handler):
+    """A thousand pipelined requests asking for an upgrade in one read: each is parsed again
+    in turn (no call deeper than the last), MAX_PIPELINED wait behind the first, and the one
+    after them is refused, after their answers."""
+    protocol, transport = connect()
+    one = b"GET /x HTTP/1.1\r\nHost: g\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+    protocol.data_received(one * 1000)
+    await transport.wait_until(lambda: transport.eof_written)
+    statuses = [line.split()[1] for line in transport.answers()]
+    assert statuses == [b"200"] * (MAX_PIPELINED + 1) + [b"400"]
+    assert len(handler.seen) == MAX_PIPELINED + 1
+
+
+async def test_a_read_full_of_tiny_pipelined_requests_queues_a_bounded_number(connect, handler):
+    """One read of 10,000 minimal requests: at most MAX_PIPELINED are ever queued, so a few
+    hundred KiB on the wire cannot become many MB of request objects."""
+    handler.release.clear()
+    protocol, transport = connect()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost:\r\n\r\n" * 10_000)
+    await handler.started.wait()
+    assert len(protocol._queue) == MAX_PIPELINED
+    handler.release.set()
+    await transport.wait_until(lambda: transport.eof_written)
+    assert transport.answers()[-1].startswith(b"HTTP/1.1 400")
+    assert len(transport.answers()) == MAX_PIPELINED + 2
+
+
+@pytest.mark.parametrize("where", ["trailing", "target"])
+async def test_a_head_padded_past_the_limit_is_refused(connect, where):
+    """A head whose bytes pass MAX_HEAD_BYTES only with padding (spaces after a value, a long
+    target) is refused in whichever read it arrives."""
+    protocol, transport = connect()
+    pad = b" " * (MAX_HEAD_BYTES + 10)
+    if where == "trailing":
+        data = b"GET / HTTP/1.1\r\nHost: g\r\nX-Pad: v" + pad + b"\r\n\r\n"
+    else:
+        data = b"GET /" + b"a" * (MAX_HEAD_BYTES + 10) + b" HTTP/1.1\r\nHost: g\r\n\r\n"
+    protocol.data_received(data)
+    assert transport.answers() == [b"HTTP/1.1 400 Bad Request"]
+    assert b"larger than" in transport.written

@@ -20,7 +20,7 @@ forwarding a signed request needs:
 
 Errors (all ``UpstreamError``)::
 
-    UpstreamError            the pool is closed, or the request could not be encoded
+    UpstreamError            the pool is closed
     ├── ConnectFailed        no connection could be opened: nothing was sent (retryable)
     │   ├── ConnectTimedOut  not connected within connect_timeout (retryable)
     │   └── TLSFailed        the TLS handshake failed: nothing was sent, but it will not heal
@@ -105,9 +105,10 @@ class UpstreamResponse:
         self.content_length: int | None = None
         #: The body is framed by the connection's close (neither a length nor chunked).
         self.ends_at_close = False
-        self.body = Body(connection)
-        self._by_name: dict[str, str] = {}
+        #: The connection, while this answer has it (not once the answer has ended).
         self._connection: _Connection | None = connection
+        self.body = Body(self)
+        self._by_name: dict[str, str] = {}
 
     def header(self, lower_name: str) -> str | None:
         """The first value of the header called ``lower_name`` (lower-case), or None."""
@@ -117,8 +118,17 @@ class UpstreamResponse:
         """Done with this answer: its connection is reused if the body was read to its end,
         otherwise closed."""
         connection, self._connection = self._connection, None
-        if connection is not None and not self.body.complete:
+        if connection is not None:  # the answer has not ended
             connection.abort()
+
+    def body_full(self) -> None:
+        if self._connection is not None:
+            self._connection.body_full()
+
+    def body_taken(self) -> None:
+        # Once the answer has ended its connection may carry another: leave it alone.
+        if self._connection is not None:
+            self._connection.body_taken()
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -204,10 +214,12 @@ class _Connection(asyncio.Protocol):
             await waiter
         except BaseException:
             # Cancelled (deadline, caller gone) or failed: the answer may still come, so this
-            # connection can never carry another request.
+            # connection can never carry another request. Unless it came whole already and
+            # the connection went back to the pool: then it may carry someone else's now.
             if self._head_waiter is waiter:
                 self._head_waiter = None
-            self.abort()
+            if self._response is response:
+                self.abort()
             raise
         # No clearing of _head_waiter here: by now the connection may carry the next request.
         return response
@@ -275,6 +287,7 @@ class _Connection(asyncio.Protocol):
         if response is not None:
             if exc is None and phase is Phase.READING_BODY and response.ends_at_close:
                 self._response = None  # the body was framed by the close: it is complete
+                response._connection = None
                 response.body.finish()
             else:
                 what = "reset" if exc is not None else "closed"
@@ -320,6 +333,7 @@ class _Connection(asyncio.Protocol):
         self._response = None
         self._reusable = self._parser.should_keep_alive()
         self.phase = Phase.ANSWERED
+        response._connection = None
         response.body.finish()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -534,7 +548,11 @@ def _reason(error: OSError) -> str:
 
 
 def encode_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
-    """The request line and header block, exactly these headers in this order."""
+    """The request line and header block, exactly these headers in this order.
+
+    Raises ValueError for a name or value with a line break (the gateway validates every
+    value before, so this never fires on what it forwards).
+    """
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     lines.extend([f"{name}: {value}\r\n" for name, value in headers])
     lines.append("\r\n")

@@ -16,6 +16,8 @@ What is refused, and why (each is answered, then the connection closes):
     Host missing (HTTP/1.1), repeated, or not ``host[:port]``      400    9112 3.2
     a head over MAX_HEAD_BYTES or MAX_HEADERS fields               400    9112 2.3 (limits are
                                                                           the server's to set)
+    more than MAX_PIPELINED requests waiting behind the one being   400    -   (memory)
+      answered (answered after them)
     trailer fields                                                 400    9112 7.1.2 (no API
                                                                           field is a trailer)
     chunked framing out of proportion to its body (more than       400    -   (a body a few
@@ -71,6 +73,9 @@ from gateway.http.clock import Clock, Deadline, PerSecond
 #: signed call with a long session token stays well under this).
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
+#: Requests parsed while one is answered wait in a queue of at most this many; one more is
+#: refused (each costs far more in memory than its bytes on the wire).
+MAX_PIPELINED = 16
 #: A chunked body may have this many chunks, plus one per MIN_CHUNK_BYTES of its size ...
 MAX_CHUNKS_FREE = 1024
 MIN_CHUNK_BYTES = 64
@@ -297,13 +302,17 @@ class ConnectionRegistry:
 class _Head:
     """A request head while the parser reads it."""
 
-    __slots__ = ("headers", "size", "url")
+    __slots__ = ("headers", "held", "size", "url")
 
     def __init__(self) -> None:
         self.url: list[bytes] = []
         self.headers: list[tuple[bytes, bytes]] = []
-        #: Bytes counted from the reads after the one it began in.
+        #: Bytes counted from the reads after the one it began in (the parser may hold a
+        #: field's bytes across reads before it hands the field over).
         self.size = 0
+        #: Bytes of the target and fields handed over so far, as received (the whitespace the
+        #: parser drops before a value is never held, so not counted).
+        self.held = 0
 
 
 class ServerConnection(asyncio.Protocol):
@@ -396,8 +405,8 @@ class ServerConnection(asyncio.Protocol):
         if self.phase in (Phase.CLOSED, Phase.LINGERING):  # closing already
             return
         self._close_after = True
-        if self.phase is Phase.IDLE:
-            self._close()
+        if self.phase is Phase.IDLE or (self.phase is Phase.HEAD and self._head is None):
+            self._close()  # (a read of nothing but blank lines begins no head)
 
     # --- asyncio.Protocol
 
@@ -410,12 +419,29 @@ class ServerConnection(asyncio.Protocol):
         self._deadline.set(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
+        pieces: list[bytes | memoryview] = [data]
+        while pieces:
+            pieces = self._parse(pieces[0]) + pieces[1:]
+
+    def eof_received(self) -> None:
+        """The caller closed its sending side: taken as gone (see the module's docstring).
+        Returning None closes the transport once what is written has gone; an answer the
+        caller does not take is cut after keepalive_timeout, as on any close."""
+        if self.phase is Phase.LINGERING:
+            return
+        self._gone()
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._deadline.set(self._keepalive_timeout_s, self.abort)
+
+    def _parse(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """Feed one read to the parser. Returns what to feed next: after an ignored upgrade,
+        its head rebuilt without the Upgrade fields and the rest of the read; else nothing."""
         phase = self.phase
         if phase is Phase.LINGERING:
             self._linger_drop(len(data))
-            return
+            return []
         if phase is Phase.CLOSED or self._parse_stopped:
-            return
+            return []
         if phase is Phase.IDLE:  # the first bytes of a new head: its deadline starts now
             self.phase = Phase.HEAD
             self._deadline.set(self._head_timeout_s, self._head_expired)
@@ -425,8 +451,7 @@ class ServerConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade_ignored(data[exc.args[0] :])
-            return
+            return self._upgrade_ignored(memoryview(data)[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpError):
@@ -434,30 +459,25 @@ class ServerConnection(asyncio.Protocol):
             else:  # a bug of ours: the connection is in no known state
                 self._log.error("connection_error", error=repr(cause))
                 self.abort()
-            return
+            return []
         except httptools.HttpParserError as exc:
             self._refuse(HttpError(str(exc)))
-            return
+            return []
         if self._began:
-            return
+            return []
         # What the parser holds unparsed is bounded: a head still arriving, or the framing
         # around a chunked body. Counted from the reads after the one they began in.
         head = self._head
         if head is not None:
             head.size += len(data)
             if head.size > MAX_HEAD_BYTES:
-                self._refuse(HttpError(f"the request head is larger than {MAX_HEAD_BYTES} bytes"))
+                self._refuse(HttpError(_HEAD_REFUSED))
         elif parsing is not None and parsing is self._parsing:
             body = parsing.body
             parsing.framing += len(data) - (body.received - received)
             if parsing.framing > MAX_FRAMING_BYTES + body.received // 2:
                 self._refuse(HttpError(_FRAMING_REFUSED))
-
-    def eof_received(self) -> None:
-        """The caller closed its sending side: taken as gone (see the module's docstring).
-        Returning None closes the transport."""
-        if self.phase is not Phase.LINGERING:
-            self._gone()
+        return []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()
@@ -485,14 +505,21 @@ class ServerConnection(asyncio.Protocol):
         self._head = _Head()
 
     def on_url(self, url: bytes) -> None:
-        assert self._head is not None
-        self._head.url.append(url)
+        head = self._head
+        assert head is not None
+        head.url.append(url)
+        head.held += len(url)
+        if head.held > MAX_HEAD_BYTES:
+            raise HttpError(_HEAD_REFUSED)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self._head
         if head is None:  # after a chunked body: nothing a SageMaker client sends
             raise HttpError("trailer fields are not accepted")
         head.headers.append((name, value.rstrip(_OWS)))
+        head.held += len(name) + len(value) + 4
+        if head.held > MAX_HEAD_BYTES:
+            raise HttpError(_HEAD_REFUSED)
         if len(head.headers) > MAX_HEADERS:
             raise HttpError(f"the request has more than {MAX_HEADERS} headers")
 
@@ -502,8 +529,6 @@ class ServerConnection(asyncio.Protocol):
         parser = self._parser
         target = b"".join(head.url)
         raw_headers = head.headers
-        if len(target) + sum(len(n) + len(v) + 4 for n, v in raw_headers) > MAX_HEAD_BYTES:
-            raise HttpError(f"the request head is larger than {MAX_HEAD_BYTES} bytes")
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise HttpError(f"HTTP version {version} is not supported", status=505)
@@ -549,14 +574,16 @@ class ServerConnection(asyncio.Protocol):
             Body(self, on_wanted=self._send_continue if expect_continue else None),
             content_length,
         )
-        if connect:
-            self._parse_stopped = True
-        self._parsing = request
         if self.phase in (Phase.IDLE, Phase.HEAD):
             self._begin(request)
         else:  # pipelined: answered in turn; read no further until then
+            if len(self._queue) >= MAX_PIPELINED:
+                raise HttpError(f"more than {MAX_PIPELINED} requests were pipelined")
             self._queue.append(request)
             self._pause_reading()
+        self._parsing = request
+        if connect:
+            self._parse_stopped = True
 
     def on_chunk_header(self) -> None:
         request = self._parsing
@@ -667,18 +694,18 @@ class ServerConnection(asyncio.Protocol):
         response.flush()
         self._close(linger=True)
 
-    def _upgrade_ignored(self, rest: bytes) -> None:
+    def _upgrade_ignored(self, rest: memoryview) -> list[bytes | memoryview]:
         """The parser stopped at a head asking for an upgrade: unless it was CONNECT (a
-        tunnel: read no further), parse that head again without its Upgrade fields, then
-        what followed it."""
+        tunnel: read no further), that head is parsed again without its Upgrade fields, by a
+        new parser, then what followed it (the caller feeds both)."""
         head, self._reparse = self._reparse, None
         if head is None:
-            return
+            return []
         self._parser = httptools.HttpRequestParser(self)
         self._head = self._parsing = None
         if self.phase is Phase.HEAD:
             self.phase = Phase.IDLE
-        self.data_received(head + rest)
+        return [head, rest]
 
     def _send_continue(self) -> None:
         self.write(_CONTINUE)
@@ -755,6 +782,7 @@ class ServerConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
 
+_HEAD_REFUSED = f"the request head is larger than {MAX_HEAD_BYTES} bytes"
 _FRAMING_REFUSED = (
     "the chunked body's framing (chunk count, chunk sizes, extensions) is out of proportion "
     "to its size"
