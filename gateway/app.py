@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -25,7 +27,10 @@ from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
 from gateway.operations import load_operations
+from gateway.policy import Clock
 from gateway.proxy import GatewayState, Proxy
+from gateway.tenancy import Reloads, Tenancy, reload_tls, server_tls, watch_tls
+from gateway.tls import ServerTls
 from gateway.validation import validate_framing
 
 ENDPOINTS_PREFIX = "/endpoints/"
@@ -41,9 +46,15 @@ class Gateway:
         credentials: CredentialSource,
         metrics: Metrics,
         state: GatewayState,
+        tls: ServerTls | None = None,
+        reloads: Reloads | None = None,
     ) -> None:
         self.config = config
         self.proxy = proxy
+        #: The signing listener's TLS (None: plain HTTP), and what reports its reloads.
+        self.tls = tls
+        self.reloads = reloads
+        self._tls_watch: asyncio.Task[None] | None = None
         self.credentials = credentials
         self.metrics = metrics
         self.state = state
@@ -53,13 +64,33 @@ class Gateway:
                       "/metrics": self.metrics_view}  # fmt: skip
 
     async def start(self) -> None:
-        """Begin resolving credentials (the upstream pool opens connections as it needs them)."""
+        """Begin resolving credentials (the upstream pool opens connections as it needs them),
+        fetching token keys and watching the TLS files, when configured."""
         await self.credentials.start()
+        if self.proxy.tenancy is not None:
+            await self.proxy.tenancy.start()
+        if self.tls is not None and self.reloads is not None:
+            self._tls_watch = asyncio.get_running_loop().create_task(
+                watch_tls(self.tls, self.reloads, self.config.tls_reload_interval_s)
+            )
 
     async def close(self) -> None:
-        """Close the upstream pool and stop the credential refresher."""
+        """Close the upstream pool and stop the credential refresher and the watchers."""
         await self.proxy.upstream.close()
         await self.credentials.stop()
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+        if self.proxy.tenancy is not None:
+            await self.proxy.tenancy.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: the policy, the JWKS and the TLS files again; each that does not load keeps
+        what was loaded before (one error line each)."""
+        if self.proxy.tenancy is not None:
+            self.proxy.tenancy.reload()
+        if self.tls is not None and self.reloads is not None:
+            reload_tls(self.tls, self.reloads)
+        self.log.info("reloaded")
 
     async def handle(self, request: Request, response: Response) -> None:
         """The signing listener: the runtime's operations, health and metrics."""
@@ -129,6 +160,8 @@ class Gateway:
             _send_json(response, 503, {"status": "unavailable", "reason": "draining"})
         elif self.credentials.current() is None:
             _send_json(response, 503, {"status": "unavailable", "reason": "no credentials"})
+        elif self.proxy.tenancy is not None and not self.proxy.tenancy.ready():
+            _send_json(response, 503, {"status": "unavailable", "reason": "no token keys"})
         else:
             _send_json(response, 200, {"status": "ready"})
 
@@ -157,29 +190,39 @@ def make_app(
     registry: CollectorRegistry,
     credentials: CredentialSource | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
+    clock: Clock = time.monotonic,
 ) -> Gateway:
     """The gateway for ``config``, its metrics on ``registry``.
 
     ``credentials`` defaults to botocore's chain, refreshed in the background while it runs.
+    ``clock`` times the callers' token buckets and the age of fetched token keys. Raises
+    ConfigError when a TLS, policy or JWKS file does not load.
     """
     logger = logger or structlog.get_logger("gateway")
     credentials = credentials or CredentialSource(
         botocore_resolver(), check_interval_s=config.credential_check_interval_s
     )
+    tenancy_on = config.authentication or bool(config.policy_file)
     metrics = Metrics(
         registry,
         component_label=config.inference_component_label,
         multiprocess=multiprocess_dir() is not None,
         max_endpoint_labels=config.max_endpoint_labels,
+        caller_label=tenancy_on,
     )
+    tls = server_tls(config)
+    reloads = Reloads(registry, logger) if tls is not None or tenancy_on else None
+    if tls is not None and reloads is not None:
+        reloads.report("tls", None)
+    tenancy = Tenancy(config, reloads, clock) if tenancy_on and reloads is not None else None
     state = GatewayState()
     upstream = UpstreamPool(
         config.upstream_url,
         max_connections=config.upstream_pool_size,
         connect_timeout_s=config.connect_timeout_s,
     )
-    proxy = Proxy(config, load_operations(), credentials, upstream, metrics, logger, state)
-    return Gateway(config, proxy, credentials, metrics, state)
+    proxy = Proxy(config, load_operations(), credentials, upstream, metrics, logger, state, tenancy)
+    return Gateway(config, proxy, credentials, metrics, state, tls, reloads)
 
 
 def multiprocess_dir() -> str | None:

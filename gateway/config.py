@@ -55,6 +55,24 @@ class Config:
     inference_component_label: bool = False
     max_endpoint_labels: int = 500
     workers: int = 1
+    # Callers (DESIGN section 8): all off by default.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_reload_interval_s: float = 10.0
+    token_audience: str = ""
+    token_issuer: str = ""
+    jwks_file: str = ""
+    jwks_url: str = ""
+    jwks_ca_file: str = ""
+    jwks_refresh_interval_s: float = 300.0
+    jwks_max_age_s: float = 86400.0
+    policy_file: str = ""
+
+    @property
+    def authentication(self) -> bool:
+        """Whether callers must prove who they are (a client CA or token audience is set)."""
+        return bool(self.tls_client_ca_file or self.token_audience)
 
     @property
     def upstream_host(self) -> str:
@@ -152,6 +170,26 @@ def _url(text: str) -> str:
         raise ValueError("must be a bare scheme://host[:port], without path, query or user")
     parts.port  # noqa: B018 - raises ValueError for a port out of range
     return text.rstrip("/")
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must be a file path")
+    return text
+
+
+def _text(text: str) -> str:
+    if not text.strip() or any(not " " < ch <= "~" for ch in text):
+        raise ValueError("must be non-empty printable text without spaces")
+    return text
+
+
+def _jwks_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        raise ValueError("must be an http:// or https:// URL with a host (and a path)")
+    parts.port  # noqa: B018 - raises ValueError for a port out of range
+    return text
 
 
 def _log_level(text: str) -> str:
@@ -308,6 +346,48 @@ OPTIONS = (
         _non_negative_int,
         "retries of a connection failure or throttling, within the deadline and a retry budget",
     ),
+    Option("tls_cert_file", "tls_cert_file", _path, "PEM certificate chain: serve TLS (off: HTTP)"),
+    Option("tls_key_file", "tls_key_file", _path, "PEM private key of tls_cert_file"),
+    Option(
+        "tls_client_ca_file",
+        "tls_client_ca_file",
+        _path,
+        "PEM CAs whose client certificates identify callers (URI SAN, else first DNS SAN)",
+    ),
+    Option(
+        "tls_reload_interval",
+        "tls_reload_interval_s",
+        _positive_float,
+        "seconds between looks at the TLS files; a changed file is loaded for new connections",
+    ),
+    Option(
+        "token_audience",
+        "token_audience",
+        _text,
+        "accept Kubernetes service-account bearer tokens issued for this audience",
+    ),
+    Option("token_issuer", "token_issuer", _text, "the tokens' issuer (iss), checked exactly"),
+    Option("jwks_file", "jwks_file", _path, "JWKS file with the keys that sign the tokens"),
+    Option("jwks_url", "jwks_url", _jwks_url, "or a URL to fetch it from (cached, refreshed)"),
+    Option("jwks_ca_file", "jwks_ca_file", _path, "PEM CAs to verify jwks_url (else the system's)"),
+    Option(
+        "jwks_refresh_interval",
+        "jwks_refresh_interval_s",
+        _positive_float,
+        "seconds between fetches of jwks_url",
+    ),
+    Option(
+        "jwks_max_age",
+        "jwks_max_age_s",
+        _positive_float,
+        "seconds keys fetched from jwks_url are used while refreshes fail; then tokens get 503",
+    ),
+    Option(
+        "policy_file",
+        "policy_file",
+        _path,
+        "TOML policy: callers, their endpoints, operations, rate and cap (else [policy] here)",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -324,7 +404,8 @@ def load_config(
     """
     env = os.environ if env is None else env
     path = config_path or env.get(ENV_PREFIX + "CONFIG")
-    file_values = _read_file(path) if path else {}
+    data = _read_toml(path) if path else {}
+    file_values = _file_options(data, path) if path else {}
     values: dict[str, Any] = {}
     for option in OPTIONS:
         sources = [
@@ -348,19 +429,42 @@ def load_config(
         raise ConfigError("--workers: more than one worker needs a fixed --port, not 0")
     if not values.get("region"):
         raise ConfigError("region: none given; pass --region or set AWS_REGION")
+    _check_callers(values)
+    if path and "policy_file" not in values and "policy" in data:
+        values["policy_file"] = path  # the [policy] table of the config file itself
     values.setdefault("upstream_url", f"https://runtime.sagemaker.{values['region']}.amazonaws.com")
     return Config(**values)
 
 
-def _read_file(path: str) -> dict[str, Any]:
+def _check_callers(values: dict[str, Any]) -> None:
+    """The options of DESIGN section 8 that only make sense together."""
+    tls = ("tls_cert_file", "tls_key_file")
+    if bool(values.get(tls[0])) != bool(values.get(tls[1])):
+        raise ConfigError("tls_cert_file and tls_key_file: give both or neither")
+    if values.get("tls_client_ca_file") and not values.get("tls_cert_file"):
+        raise ConfigError("tls_client_ca_file: client certificates need tls_cert_file")
+    token = ("token_audience", "token_issuer")
+    jwks = [name for name in ("jwks_file", "jwks_url") if values.get(name)]
+    if values.get(token[0]) or values.get(token[1]) or jwks:
+        if not (values.get(token[0]) and values.get(token[1])):
+            raise ConfigError("token_audience, token_issuer: bearer tokens need both")
+        if len(jwks) != 1:
+            raise ConfigError("jwks_file, jwks_url: bearer tokens need exactly one of them")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
     try:
         with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except (tomllib.TOMLDecodeError, OSError) as exc:
         raise ConfigError(f"--config {path}: cannot be read as TOML: {exc}") from None
-    gateway = data.get("gateway", data)
+
+
+def _file_options(data: dict[str, Any], path: str) -> dict[str, Any]:
+    # A [policy] table beside [gateway] is the policy (gateway/policy.py), not options.
+    gateway = data.get("gateway", {key: value for key, value in data.items() if key != "policy"})
     unknown = sorted(set(gateway) - set(OPTIONS_BY_NAME))
     if unknown:
         raise ConfigError(f"{path}: unknown option {unknown[0]!r}")

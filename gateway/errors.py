@@ -9,10 +9,16 @@ header and the JSON ``message``; shaping our own errors like the service's means
     │   ├── PayloadTooLarge     413   ValidationError             body over max_body_bytes
     │   └── VersionNotSupported 505   ValidationError             HTTP version other than 1.0, 1.1
     ├── AccessDenied            403   AccessDeniedException       endpoint not allowed by config
+    │   └── CallerForbidden     403   AccessDeniedException       ... or by the caller's policy
+    ├── MissingToken            403   MissingAuthenticationToken- authentication configured, the
+    │                                 Exception                   caller sent no token or cert
+    ├── UnrecognizedClient      403   UnrecognizedClientException its token or certificate is
+    │                                                             not valid
     ├── RequestTimeout          408   RequestTimeout              body not received in body_timeout
     ├── UnknownOperation        404   UnknownOperationException   no such route
     ├── MethodNotAllowed        405   UnknownOperationException   route exists, other method
     ├── Throttled               429   ThrottlingException         gateway at its concurrency cap
+    │   └── CallerThrottled     429   ThrottlingException         caller over its rate or cap
     ├── ServiceUnavailable      503   ServiceUnavailable          upstream unreachable or reset,
     │                                                             no credentials, draining
     ├── GatewayTimeout          504   GatewayTimeout              upstream_timeout passed
@@ -76,6 +82,28 @@ class AccessDenied(GatewayError):
     reason = "endpoint_not_allowed"
 
 
+class CallerForbidden(AccessDenied):
+    """The caller's policy does not allow this endpoint or operation."""
+
+    reason = "forbidden"
+
+
+class MissingToken(GatewayError):
+    """Authentication is configured and the request carries neither a token nor a certificate."""
+
+    status = 403
+    error_type = "MissingAuthenticationTokenException"
+    reason = "unauthenticated"
+
+
+class UnrecognizedClient(GatewayError):
+    """The caller's bearer token or client certificate does not prove who it is."""
+
+    status = 403
+    error_type = "UnrecognizedClientException"
+    reason = "unauthenticated"
+
+
 class RequestTimeout(GatewayError):
     """The client did not send its whole body within ``body_timeout_s``."""
 
@@ -110,6 +138,12 @@ class Throttled(GatewayError):
     status = 429
     error_type = "ThrottlingException"
     reason = "concurrency_limit"
+
+
+class CallerThrottled(Throttled):
+    """The caller is over its policy's rate or at its cap on concurrent requests."""
+
+    reason = "rate_limited"
 
 
 class ServiceUnavailable(GatewayError):

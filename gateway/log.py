@@ -66,7 +66,7 @@ def access_fields(outcome: Outcome) -> dict[str, Any]:
     upstream_ms = (
         None if outcome.upstream_duration_s is None else round(outcome.upstream_duration_s * 1e3, 3)
     )
-    return {
+    fields = {
         "request_id": outcome.request_id,
         "upstream_request_id": outcome.upstream_request_id,
         "endpoint": outcome.endpoint,
@@ -80,3 +80,6 @@ def access_fields(outcome: Outcome) -> dict[str, Any]:
         "response_bytes": outcome.response_bytes,
         "model_timeout": outcome.model_timeout,
     }
+    if outcome.caller:  # with a policy: who called (the identity it proved, else its label)
+        fields["caller"] = outcome.caller_identity or outcome.caller
+    return fields

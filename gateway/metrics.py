@@ -67,6 +67,10 @@ class Outcome:
     upstream_request_id: str | None = None
     #: The validated InferenceComponentName, "" when none (a label only when opted in).
     inference_component: str = ""
+    #: The caller's label (a policy name, "_anonymous" or "_other"; with a policy only) and
+    #: the identity it proved (for the access line; None when anonymous).
+    caller: str = ""
+    caller_identity: str | None = None
 
 
 class Metrics:
@@ -79,12 +83,15 @@ class Metrics:
         component_label: bool = False,
         multiprocess: bool = False,
         max_endpoint_labels: int = 500,
+        caller_label: bool = False,
     ) -> None:
         """``multiprocess``: values live in PROMETHEUS_MULTIPROC_DIR, summed over --workers.
 
         At most ``max_endpoint_labels`` endpoint names become label values; later ones are
         counted under ``OTHER_ENDPOINTS``. Without an endpoint allowlist any well-formed name
         is forwarded, so this bounds the series a caller can create by inventing names.
+        ``caller_label``: requests and durations carry the caller's label (with a policy,
+        whose names bound its values).
         """
         self.registry = registry
         self.multiprocess = multiprocess
@@ -102,6 +109,9 @@ class Metrics:
         per_variant: tuple[str, ...] = ("endpoint", "variant", "operation")
         if component_label:
             per_variant = (*per_variant, "inference_component")
+        self.caller_label = caller_label
+        if caller_label:
+            per_variant = (*per_variant, "caller")
         self.requests = Counter(
             PREFIX + "requests",
             "Requests with a valid endpoint name, by outcome",
@@ -201,6 +211,8 @@ class Metrics:
         labels: tuple[str, ...] = (endpoint, variant, outcome.operation)
         if self.component_label:
             labels = (*labels, outcome.inference_component)
+        if self.caller_label:
+            labels = (*labels, outcome.caller)
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = _Series(

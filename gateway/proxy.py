@@ -41,6 +41,7 @@ from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
 from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
+from gateway.tenancy import Caller, Tenancy
 from gateway.validation import (
     body_limit,
     body_too_large,
@@ -77,6 +78,7 @@ class Proxy:
         metrics: Metrics,
         logger: structlog.typing.FilteringBoundLogger,
         state: GatewayState,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.config = config
         self.operations = operations
@@ -85,6 +87,8 @@ class Proxy:
         self.metrics = metrics
         self.log = logger
         self.state = state
+        #: Who may call what (DESIGN section 8); None, and never consulted, when not configured.
+        self.tenancy = tenancy
         self.signer = Signer(config.region, "sagemaker")
         self.retry_budget = RetryBudget()
         self._host = config.upstream_host
@@ -100,7 +104,10 @@ class Proxy:
         # Durations by perf_counter: uvloop's loop.time() moves in whole milliseconds.
         started = time.perf_counter()
         request_id = new_request_id()
+        caller: Caller | None = None
         try:
+            if self.tenancy is not None:  # who is calling comes first, as with AWS
+                caller = await self.tenancy.identify(request)
             suffix, endpoint = self._route(request)
         except GatewayError as error:
             self.metrics.reject(error.reason)
@@ -114,12 +121,17 @@ class Proxy:
         in_flight = self.metrics.in_flight_for(endpoint)
         in_flight.inc()
         self.state.in_flight += 1
+        release = None
         try:
             if self.state.in_flight > self.config.max_concurrent_requests:
                 raise Throttled(
                     f"The gateway is handling {self.config.max_concurrent_requests} requests "
                     "(max_concurrent_requests); retry with backoff"
                 )
+            if caller is not None:
+                assert self.tenancy is not None
+                outcome.caller, outcome.caller_identity = caller.label, caller.identity
+                release = self.tenancy.admit(caller, endpoint, operation.name)
             await self._forward(request, response, suffix, operation, outcome)
         except GatewayError as error:
             outcome.status, outcome.error = error.status, error.error_type
@@ -133,6 +145,8 @@ class Proxy:
             outcome.status, outcome.error = 499, "ClientClosedRequest"
             raise
         finally:
+            if release is not None:
+                release()
             self.state.in_flight -= 1
             in_flight.dec()
             outcome.duration_s = time.perf_counter() - started

@@ -10,7 +10,9 @@ import asyncio
 import gc
 import signal
 import socket
+import sys
 from collections.abc import Callable
+from ssl import SSLContext
 
 import structlog
 from prometheus_client import (
@@ -21,9 +23,10 @@ from prometheus_client import (
 )
 
 from gateway.app import Gateway, make_app
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.http.server import ConnectionRegistry, Handler, RefusedConnection, ServerConnection
 from gateway.log import configure_logging
+from gateway.tenancy import check_caller_files
 
 
 class GatewayServer:
@@ -65,8 +68,13 @@ class GatewayServer:
     async def start(self) -> None:
         """Start the gateway's background work and open the listeners."""
         await self.app.start()
+        tls = self.app.tls
         self._listener = await self._listen(
-            self.config.host, self.config.port, self._connections, self.app.handle
+            self.config.host,
+            self.config.port,
+            self._connections,
+            self.app.handle,
+            ssl=tls.listener_context if tls is not None else None,
         )
         if self.config.admin_port is not None:
             self._admin_listener = await self._listen(
@@ -77,7 +85,12 @@ class GatewayServer:
             )
 
     async def _listen(
-        self, host: str, port: int, registry: ConnectionRegistry, handler: Handler
+        self,
+        host: str,
+        port: int,
+        registry: ConnectionRegistry,
+        handler: Handler,
+        ssl: SSLContext | None = None,
     ) -> asyncio.Server:
         config = self.config
         reject = self.app.metrics.reject
@@ -102,6 +115,9 @@ class GatewayServer:
             reuse_address=True,
             reuse_port=config.workers > 1 or None,  # --workers share the port
             backlog=1024,
+            ssl=ssl,
+            # A handshake is part of the head's time: the same deadline bounds it.
+            ssl_handshake_timeout=config.head_timeout_s if ssl is not None else None,
         )
 
     async def stop(self, *, grace_s: float | None = None) -> None:
@@ -138,6 +154,11 @@ def serve(config: Config) -> None:
     replaces any that dies, and exits 0 once every worker has drained and exited 0.
     """
     configure_logging(config.log_level)
+    try:  # a TLS, policy or JWKS file that does not load ends start-up like a bad option
+        check_caller_files(config)
+    except ConfigError as exc:
+        print(f"sagemaker-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if config.workers > 1:
         from gateway.workers import supervise
 
@@ -187,5 +208,6 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.app.reload)
     await stop.wait()
     await server.stop()

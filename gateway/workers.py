@@ -1,8 +1,8 @@
 """``--workers N``: N serving processes on one port (SO_REUSEPORT), one supervisor over them.
 
 The supervisor only supervises: it starts the workers, which share the port and one metrics
-directory, passes SIGTERM on to them, replaces any that dies, and exits 0 once every worker
-has drained and exited 0.
+directory, passes SIGTERM and SIGHUP on to them, replaces any that dies, and exits 0 once
+every worker has drained and exited 0.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Sequence
 
 import structlog
 
@@ -33,6 +34,7 @@ def supervise(config: Config) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
         workers = [spawn.Process(target=serve_one, args=(config,)) for _ in range(config.workers)]
+        signal.signal(signal.SIGHUP, lambda *_: _signal_all(workers, signal.SIGHUP))
         for worker in workers:
             worker.start()
         log.info("workers_started", pids=[worker.pid for worker in workers])
@@ -58,6 +60,13 @@ def supervise(config: Config) -> int:
         codes = [worker.exitcode for worker in workers]
         log.info("workers_stopped", exit_codes=codes)
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def _signal_all(workers: Sequence[multiprocessing.process.BaseProcess], signum: int) -> None:
+    """Pass ``signum`` (SIGHUP: reload) on to every live worker."""
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signum)
 
 
 def _mark_dead(pid: int | None) -> None:

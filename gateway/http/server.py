@@ -148,7 +148,7 @@ class Request:
     """A request whose head has arrived: method, raw target, headers and the body to come."""
 
     __slots__ = ("body", "chunks", "content_length", "framing", "headers", "keep_alive",
-                 "method", "raw_headers", "target")  # fmt: skip
+                 "method", "peer", "raw_headers", "target")  # fmt: skip
 
     def __init__(
         self,
@@ -158,6 +158,7 @@ class Request:
         keep_alive: bool,
         body: Body,
         content_length: int | None = None,
+        peer: Any = None,
     ) -> None:
         self.method = method
         #: The request target exactly as sent (path and query, nothing decoded).
@@ -174,6 +175,9 @@ class Request:
         #: A chunked body's chunks so far, and the bytes of framing counted around them.
         self.chunks = 0
         self.framing = 0
+        #: What the transport reports of the caller: over TLS, the client certificate it
+        #: verified (``getpeercert()``), else None.
+        self.peer = peer
 
 
 class Response:
@@ -340,6 +344,7 @@ class ServerConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._deadline = Deadline(clock or self._loop)
         self._transport: asyncio.Transport | None = None
+        self._peer: Any = None
         self.phase = Phase.IDLE
         # httptools looks its callbacks up on this object once, here.
         self._parser = httptools.HttpRequestParser(self)
@@ -414,6 +419,7 @@ class ServerConnection(asyncio.Protocol):
         # uvloop's transports do not derive from asyncio.Transport, but have its methods.
         # (TCP_NODELAY is already set: asyncio and uvloop set it on every TCP transport.)
         self._transport = cast(asyncio.Transport, transport)
+        self._peer = transport.get_extra_info("peercert")  # after the handshake, over TLS
         self._registry.add(self)
         # A connection that never sends a byte is the same threat as one that sends slowly.
         self._deadline.set(self._head_timeout_s, self._head_expired)
@@ -573,6 +579,7 @@ class ServerConnection(asyncio.Protocol):
             http11 and parser.should_keep_alive() and not connect,
             Body(self, on_wanted=self._send_continue if expect_continue else None),
             content_length,
+            self._peer,
         )
         if self.phase in (Phase.IDLE, Phase.HEAD):
             self._begin(request)
