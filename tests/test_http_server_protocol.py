@@ -105,6 +105,9 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # a plain TCP connection: no peer certificate
+
     def answers(self) -> list[bytes]:
         """The status lines written so far."""
         return re.findall(rb"HTTP/1\.1 \d{3}[^\r]*", bytes(self.written))
