@@ -125,7 +125,8 @@ class RunningGateway:
 
 @pytest.fixture
 async def start_gateway(registry, gateway_credentials, gateway_config):
-    """Start a gateway on a free port; keyword arguments override its Config.
+    """Start a gateway on a free port; keyword arguments override its Config (``clock``: the
+    one its callers' token buckets and token keys' age are timed by).
 
     The first gateway a test starts records into the ``registry`` fixture; any further one gets
     a registry of its own.
@@ -133,11 +134,15 @@ async def start_gateway(registry, gateway_credentials, gateway_config):
     registries = [registry]
     started: list[GatewayServer] = []
 
-    async def start(credentials: CredentialSource | None = None, **overrides) -> RunningGateway:
+    async def start(
+        credentials: CredentialSource | None = None, clock=None, **overrides
+    ) -> RunningGateway:
         config = replace(gateway_config, **overrides)
         source = credentials or CredentialSource.static(gateway_credentials)
         own_registry = registries.pop() if registries else CollectorRegistry()
-        server = GatewayServer(make_app(config, registry=own_registry, credentials=source), config)
+        clocked = {"clock": clock} if clock is not None else {}
+        app = make_app(config, registry=own_registry, credentials=source, **clocked)
+        server = GatewayServer(app, config)
         await server.start()
         started.append(server)
         return RunningGateway(server)
