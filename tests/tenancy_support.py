@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -163,10 +165,9 @@ def unsigned_token(claims: dict[str, Any], header: dict[str, Any]) -> str:
 def hs256_with_public_key(issuer: Issuer) -> str:
     """The classic confusion: HMAC keyed with the issuer's public key (PEM bytes)."""
     header = {"alg": "HS256", "typ": "JWT", "kid": issuer.rsa_kid}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(issuer.claims()).encode())}"
-    import hashlib
-    import hmac
-
+    signing_input = (
+        f"{b64(json.dumps(header).encode())}.{b64(json.dumps(issuer.claims()).encode())}"
+    )
     mac = hmac.new(issuer.public_pem(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(mac)}"
 
@@ -264,9 +265,7 @@ async def error_of(client, endpoint: str = "echo") -> tuple[int, str]:
     try:
         await invoke(client, endpoint)
     except ClientError as error:
-        return error.response["ResponseMetadata"]["HTTPStatusCode"], error.response["Error"][
-            "Code"
-        ]
+        return error.response["ResponseMetadata"]["HTTPStatusCode"], error.response["Error"]["Code"]
     raise AssertionError(f"{endpoint} was served")
 
 

@@ -183,8 +183,9 @@ async def test_rotated_files_serve_new_connections_and_keep_open_ones(
         shutil.copyfile(source, target)
     loaded = registry.get_sample_value(P + "reload_timestamp_seconds", {"source": "tls"})
     await poll(
-        lambda: registry.get_sample_value(P + "reload_timestamp_seconds", {"source": "tls"})
-        != loaded,
+        lambda: (
+            registry.get_sample_value(P + "reload_timestamp_seconds", {"source": "tls"}) != loaded
+        ),
         deadline_s=10,
     )
     new_cert = rotated.client_cert("scorer", uri=SPIFFE_SCORER)
@@ -201,8 +202,7 @@ async def test_rotated_files_serve_new_connections_and_keep_open_ones(
 async def test_a_broken_certificate_file_keeps_the_old_one(mtls_gateway, pki, registry):
     """A key file rewritten with garbage: the reload fails (metric 1), handshakes go on with
     the previous certificate."""
-    with open(pki.key_file, "wb") as handle:
-        handle.write(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    pki.write("tls.key", b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     await poll(
         lambda: registry.get_sample_value(P + "reload_failed", {"source": "tls"}) == 1,
         deadline_s=10,

@@ -96,9 +96,10 @@ async def test_a_valid_token_is_served_counted_under_its_caller_and_never_forwar
     assert authorization.startswith("AWS4-HMAC-SHA256 ") and token not in authorization
     labels = {"endpoint": "echo", "variant": "AllTraffic", "operation": "InvokeEndpoint",
               "caller": "team-a"}  # fmt: skip
-    assert registry.get_sample_value(
-        P + "requests_total", {**labels, "status": "200", "error": ""}
-    ) == 1
+    assert (
+        registry.get_sample_value(P + "requests_total", {**labels, "status": "200", "error": ""})
+        == 1
+    )
     assert registry.get_sample_value(P + "request_duration_seconds_count", labels) == 1
     (line,) = [entry for entry in logs if entry.get("event") == "request"]
     assert line["caller"] == TEAM_A_SCORER
@@ -115,15 +116,15 @@ def bad_tokens(issuer: Issuer) -> dict[str, str]:
     now = int(time.time())
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     good = issuer.token()
+    unknown_kid = jwt.encode(issuer.claims(), stranger, "RS256", {"kid": "not-in-the-jwks"})
+    other_key = jwt.encode(issuer.claims(), stranger, "RS256", {"kid": issuer.rsa_kid})
     return {
         "expired": issuer.token(iat=now - 7200, nbf=now - 7200, exp=now - 3600),
         "not yet valid": issuer.token(nbf=now + 3600, exp=now + 7200),
         "wrong audience": issuer.token(aud=["kubernetes.default.svc"]),
         "wrong issuer": issuer.token(iss="https://evil.example"),
-        "unknown kid": jwt.encode(issuer.claims(), stranger, algorithm="RS256",
-                                  headers={"kid": "not-in-the-jwks"}),  # fmt: skip
-        "right kid, other key": jwt.encode(issuer.claims(), stranger, algorithm="RS256",
-                                           headers={"kid": issuer.rsa_kid}),  # fmt: skip
+        "unknown kid": unknown_kid,
+        "right kid, other key": other_key,
         "alg none": unsigned_token(issuer.claims(), {"alg": "none", "kid": issuer.rsa_kid}),
         "HS256 keyed with the public key": hs256_with_public_key(issuer),
         "changed payload": with_changed_payload(good, sub="system:serviceaccount:team-b:x"),
