@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,10 +29,11 @@ from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
 from gateway.operations import load_operations
-from gateway.policy import Clock
 from gateway.proxy import GatewayState, Proxy
-from gateway.tenancy import Reloads, Tenancy, reload_tls, server_tls, watch_tls
-from gateway.tls import ServerTls
+
+if TYPE_CHECKING:  # imported only when TLS or callers are configured (they bring in PyJWT)
+    from gateway.tenancy import Reloads
+    from gateway.tls import ServerTls
 from gateway.validation import validate_framing
 
 ENDPOINTS_PREFIX = "/endpoints/"
@@ -71,7 +74,7 @@ class Gateway:
             await self.proxy.tenancy.start()
         if self.tls is not None and self.reloads is not None:
             self._tls_watch = asyncio.get_running_loop().create_task(
-                watch_tls(self.tls, self.reloads, self.config.tls_reload_interval_s)
+                self.reloads.watch_tls(self.tls, self.config.tls_reload_interval_s)
             )
 
     async def close(self) -> None:
@@ -89,7 +92,7 @@ class Gateway:
         if self.proxy.tenancy is not None:
             self.proxy.tenancy.reload()
         if self.tls is not None and self.reloads is not None:
-            reload_tls(self.tls, self.reloads)
+            self.reloads.reload_tls(self.tls)
         self.log.info("reloaded")
 
     async def handle(self, request: Request, response: Response) -> None:
@@ -190,7 +193,7 @@ def make_app(
     registry: CollectorRegistry,
     credentials: CredentialSource | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
-    clock: Clock = time.monotonic,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Gateway:
     """The gateway for ``config``, its metrics on ``registry``.
 
@@ -210,11 +213,16 @@ def make_app(
         max_endpoint_labels=config.max_endpoint_labels,
         caller_label=tenancy_on,
     )
-    tls = server_tls(config)
-    reloads = Reloads(registry, logger) if tls is not None or tenancy_on else None
-    if tls is not None and reloads is not None:
-        reloads.report("tls", None)
-    tenancy = Tenancy(config, reloads, clock) if tenancy_on and reloads is not None else None
+    tls = reloads = tenancy = None
+    if config.tls_cert_file or tenancy_on:
+        from gateway.tenancy import Reloads, Tenancy, server_tls
+
+        tls = server_tls(config)
+        reloads = Reloads(registry, logger)
+        if tls is not None:
+            reloads.report("tls", None)
+        if tenancy_on:
+            tenancy = Tenancy(config, reloads, clock)
     state = GatewayState()
     upstream = UpstreamPool(
         config.upstream_url,

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from botocore.eventstream import EventStreamBuffer, ParserError
@@ -41,13 +42,15 @@ from gateway.metrics import Metrics, Outcome
 from gateway.operations import Operation
 from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
-from gateway.tenancy import Caller, Tenancy
 from gateway.validation import (
     body_limit,
     body_too_large,
     validate_content_length,
     validate_endpoint_name,
 )
+
+if TYPE_CHECKING:  # imported only when callers are configured (it brings in PyJWT)
+    from gateway.tenancy import Caller, Tenancy
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 VARIANT_HEADER_LOWER = VARIANT_HEADER.lower()

@@ -26,7 +26,6 @@ from gateway.app import Gateway, make_app
 from gateway.config import Config, ConfigError
 from gateway.http.server import ConnectionRegistry, Handler, RefusedConnection, ServerConnection
 from gateway.log import configure_logging
-from gateway.tenancy import check_caller_files
 
 
 class GatewayServer:
@@ -154,11 +153,14 @@ def serve(config: Config) -> None:
     replaces any that dies, and exits 0 once every worker has drained and exited 0.
     """
     configure_logging(config.log_level)
-    try:  # a TLS, policy or JWKS file that does not load ends start-up like a bad option
-        check_caller_files(config)
-    except ConfigError as exc:
-        print(f"sagemaker-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if config.tls_cert_file or config.authentication or config.policy_file:
+        from gateway.tenancy import check_caller_files
+
+        try:  # a TLS, policy or JWKS file that does not load ends start-up like a bad option
+            check_caller_files(config)
+        except ConfigError as exc:
+            print(f"sagemaker-gateway: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if config.workers > 1:
         from gateway.workers import supervise
 

@@ -60,6 +60,22 @@ class Reloads:
             multiprocess_mode="livemax",
         )
 
+    def reload_tls(self, tls: ServerTls) -> None:
+        """Load the TLS files again for new connections; a failure keeps the current ones."""
+        try:
+            tls.reload()
+        except TlsError as exc:
+            self.report("tls", str(exc))
+        else:
+            self.report("tls", None)
+
+    async def watch_tls(self, tls: ServerTls, interval_s: float) -> None:
+        """Reload the TLS files whenever one changes (looked at every ``interval_s``)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if tls.changed():
+                self.reload_tls(tls)
+
     def report(self, source: str, error: str | None) -> None:
         """Record a load of ``source``: ``error`` None when it succeeded, else why it failed."""
         if error is None:
@@ -213,24 +229,6 @@ def server_tls(config: Config) -> ServerTls | None:
             require_cert=not config.token_audience,
         )
     )
-
-
-def reload_tls(tls: ServerTls, reloads: Reloads) -> None:
-    """Load the TLS files again for new connections; a failure keeps the current ones."""
-    try:
-        tls.reload()
-    except TlsError as exc:
-        reloads.report("tls", str(exc))
-    else:
-        reloads.report("tls", None)
-
-
-async def watch_tls(tls: ServerTls, reloads: Reloads, interval_s: float) -> None:
-    """Reload the TLS files whenever one changes (looked at every ``interval_s``)."""
-    while True:
-        await asyncio.sleep(interval_s)
-        if tls.changed():
-            reload_tls(tls, reloads)
 
 
 def check_caller_files(config: Config) -> None:
