@@ -187,6 +187,11 @@ class Jwks:
         self._report("jwks", None)
         return True
 
+    @property
+    def fetching(self) -> bool:
+        """Whether a fetch is under way."""
+        return self._fetching is not None and not self._fetching.done()
+
     def may_refetch(self) -> bool:
         """Whether a token with an unknown kid may trigger a fetch now (URL keys only)."""
         last = self._last_fetch_at
@@ -222,7 +227,9 @@ class TokenVerifier:
         """The ``sub`` of a valid token; UnrecognizedClient for an invalid one (the message
         says why, never what the token was), ServiceUnavailable when no keys are at hand."""
         keys = self.jwks.current()
-        if keys is None and self.jwks.url:
+        if keys is None and (self.jwks.fetching or self.jwks.may_refetch()):
+            # Wait for the fetch under way (at start), or make one if none was tried lately;
+            # otherwise answer at once rather than make every caller wait for a dead URL.
             await self.jwks.refresh()
             keys = self.jwks.current()
         if keys is None:

@@ -142,8 +142,15 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def live_gateway() -> Iterator[Gateway]:
-    """The emulator and a gateway on 127.0.0.1, recording into a registry of their own."""
+def live_gateway(tmp_path_factory) -> Iterator[Gateway]:
+    """The emulator and a gateway on 127.0.0.1, recording into a registry of their own.
+
+    It runs with a policy that lets everyone call everything: its series then carry the caller
+    label (all "_anonymous", nobody authenticates) and the reload metrics, so the caller panels
+    and rules run on real series, and every other rule and panel is shown to work with it.
+    """
+    policy = tmp_path_factory.mktemp("policy") / "policy.toml"
+    policy.write_text('[default]\nendpoints = ["*"]\n')
     loop = LoopThread()
     stack = contextlib.AsyncExitStack()
     try:
@@ -160,6 +167,7 @@ def live_gateway() -> Iterator[Gateway]:
             connect_timeout_s=1.0,
             max_retries=0,  # one throttled answer is one ThrottlingException, at once
             drain_timeout_s=1.0,
+            policy_file=str(policy),
         )
         registry = CollectorRegistry()
         credentials = CredentialSource.static(SigningCredentials(ACCESS_KEY, SECRET_KEY))
