@@ -55,3 +55,14 @@ def test_a_policy_table_in_the_config_file_is_its_policy(tmp_path):
     assert load_config({"policy_file": "other.toml"}, env=ENV, config_path=path).policy_file == (
         "other.toml"
     )
+
+
+def test_the_shared_overlays_policy_loads_and_denies_whom_it_does_not_name():
+    """deploy/kubernetes/overlays/shared/policy.toml is a valid policy with no default."""
+    from gateway.policy import load_policy
+    from tests.test_config import REPO
+
+    path = REPO / "deploy/kubernetes/overlays/shared/policy.toml"
+    policy = load_policy(str(path), authentication=True)
+    assert policy.names == {"scorer", "payments"} and policy.default is None
+    assert policy.rule_for("system:serviceaccount:payments:refunds").name == "payments"

@@ -619,3 +619,9 @@ def test_bucket_bounds_reach_prometheus_as_exposed(scraped):
     bounds = sorted(float(s["metric"]["le"]) for s in buckets)
     finite = [bound for bound in bounds if not math.isinf(bound)]
     assert finite[0] <= 0.002 and finite[-1] >= 60 and any(55 <= b <= 65 for b in finite)
+
+
+def test_caller_label_values_in_prometheus_are_only_the_policys(scraped):
+    """With a policy that names nobody and no authentication, every caller is _anonymous: no
+    other value of the caller label ever reaches Prometheus."""
+    assert scraped.api("label/caller/values") == ["_anonymous"]
