@@ -27,7 +27,10 @@ from gateway.emulator import JOURNAL, EmulatorSettings, make_emulator_app
 from gateway.serving import GatewayServer
 from gateway.signing import SigningCredentials
 
-pytest_plugins = ["tests.emulator_fixtures"]  # the emulator-only tests' fixtures
+pytest_plugins = [
+    "tests.emulator_fixtures",  # the emulator-only tests' fixtures
+    "tests.tenancy_support",  # the callers' tests' fixtures
+]
 
 ACCESS_KEY = "AKIDGATEWAYTEST"
 SECRET_KEY = "gateway/test+secret"

@@ -1,6 +1,7 @@
 """What the callers' tests share: certificates (trustme CAs, client certificates with SPIFFE IDs),
 service-account tokens signed by a test key, a JWKS served on loopback, a settable clock, and
-boto3 clients that present a certificate or send a bearer token."""
+boto3 clients that present a certificate or send a bearer token. Its fixtures (``issuer``,
+``clock``) are loaded for every test module by tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import boto3
 import jwt
+import pytest
 import trustme
 from aiohttp import web
 from botocore import UNSIGNED
@@ -47,6 +49,18 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    """The test cluster's token issuer (fresh keys for each test)."""
+    return Issuer()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """The clock the gateway's token buckets and token-key ages run on, moved by the test."""
+    return ManualClock()
 
 
 # --- certificates --------------------------------------------------------------------------

@@ -27,14 +27,13 @@ from tests.tenancy_support import (
     AUDIENCE,
     ISSUER,
     TEAM_A_SCORER,
-    Issuer,
     ManualClock,
+    P,
     caller_labels,
     write_policy,
 )
 from tests.waiting import poll
 
-P = "sagemaker_gateway_"
 POLICY = """
 [[callers]]
 name = "team-a"
@@ -167,16 +166,6 @@ def test_unmatched_and_anonymous_callers_get_the_reserved_labels():
 
 
 # --- end to end ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

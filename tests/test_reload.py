@@ -18,11 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.demo import free_port
-from tests.tenancy_support import AUDIENCE, ISSUER, Issuer, write_policy
+from tests.tenancy_support import AUDIENCE, ISSUER, Issuer, P, write_policy
 from tests.test_cli_e2e import healthy, served_env
 from tests.waiting import poll
 
-P = "sagemaker_gateway_"
 TEAM_A = """
 [[callers]]
 name = "team-a"
@@ -30,11 +29,6 @@ identities = ["system:serviceaccount:team-a:*"]
 endpoints = [{endpoints}]
 """
 BROKEN = '[[callers]]\nname = "team-a"\nidentities = ["system:serviceaccount:team-a:*"\n'
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
 
 
 @pytest.fixture

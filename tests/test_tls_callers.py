@@ -21,6 +21,7 @@ from tests.tenancy_support import (
     ISSUER,
     SPIFFE_SCORER,
     Issuer,
+    P,
     Pki,
     caller_labels,
     client_cert,
@@ -31,7 +32,6 @@ from tests.tenancy_support import (
 )
 from tests.waiting import poll
 
-P = "sagemaker_gateway_"
 POLICY = f"""
 [[callers]]
 identities = ["{SPIFFE_SCORER}"]

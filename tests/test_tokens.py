@@ -23,7 +23,7 @@ from tests.tenancy_support import (
     TEAM_A_SCORER,
     Issuer,
     JwksServer,
-    ManualClock,
+    P,
     error_of,
     hs256_with_public_key,
     invoke,
@@ -34,7 +34,6 @@ from tests.tenancy_support import (
 )
 from tests.waiting import poll
 
-P = "sagemaker_gateway_"
 POLICY = """
 [[callers]]
 name = "team-a"
@@ -44,20 +43,10 @@ endpoints = ["echo", "team-a-*"]
 
 
 @pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
 async def jwks_server(issuer):
     server = await JwksServer(issuer.jwks()).start()
     yield server
     await server.close()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture
