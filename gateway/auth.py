@@ -22,6 +22,7 @@ The token itself is never logged, nor put in an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -120,7 +121,8 @@ class Jwks:
         self._clock = clock
         self._report = report
         self.keys: KeySet | None = None
-        self._last_fetch_at: float | None = None
+        #: When a caller's token last made the gateway fetch out of turn.
+        self._last_refetch_at: float | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -144,7 +146,6 @@ class Jwks:
 
     async def fetch(self) -> None:
         """Fetch ``jwks_url`` within the deadline; TokenKeysError keeps the keys there were."""
-        self._last_fetch_at = self._clock()
         parts = urlsplit(self.url)
         origin = f"{parts.scheme}://{parts.netloc}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -175,8 +176,14 @@ class Jwks:
             raise TokenKeysError(f"jwks_url {self.url}: {exc}") from None
         self.keys = KeySet(by_kid, self._clock() + self.max_age_s)
 
-    async def refresh(self) -> bool:
-        """Fetch now (joining a fetch under way); whether it succeeded. Reported either way."""
+    async def refresh(self, *, begun_after_now: bool = False) -> bool:
+        """Fetch now, joining a fetch under way (or, ``begun_after_now``, waiting for it and
+        then fetching again: what it fetched may predate a key a caller already has); whether
+        the fetch succeeded. Reported either way."""
+        under_way = self._fetching
+        if under_way is not None and not under_way.done() and begun_after_now:
+            with contextlib.suppress(TokenKeysError):
+                await asyncio.shield(under_way)
         if self._fetching is None or self._fetching.done():
             self._fetching = asyncio.get_running_loop().create_task(self.fetch())
         try:
@@ -193,9 +200,15 @@ class Jwks:
         return self._fetching is not None and not self._fetching.done()
 
     def may_refetch(self) -> bool:
-        """Whether a token with an unknown kid may trigger a fetch now (URL keys only)."""
-        last = self._last_fetch_at
-        return bool(self.url) and (last is None or self._clock() - last >= UNKNOWN_KEY_REFETCH_S)
+        """Whether a token whose kid is unknown (or that came while no keys were at hand) may
+        make the gateway fetch now: at most once every UNKNOWN_KEY_REFETCH_S (URL keys only)."""
+        if not self.url:
+            return False
+        now, last = self._clock(), self._last_refetch_at
+        if last is not None and now - last < UNKNOWN_KEY_REFETCH_S:
+            return False
+        self._last_refetch_at = now
+        return True
 
     def refresh_soon(self) -> None:
         """Ask the refresh loop to fetch now (SIGHUP)."""
@@ -242,7 +255,11 @@ class TokenVerifier:
         if known is not None and time.time() < known[1] + LEEWAY_S:
             return known[0]
         key = keys.by_kid.get(_kid(token))
-        if key is None and self.jwks.may_refetch() and await self.jwks.refresh():
+        if (
+            key is None
+            and self.jwks.may_refetch()
+            and await self.jwks.refresh(begun_after_now=True)
+        ):
             keys = self.jwks.current() or keys
             key = keys.by_kid.get(_kid(token))
         if key is None:

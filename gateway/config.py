@@ -66,6 +66,7 @@ class Config:
     jwks_url: str = ""
     jwks_ca_file: str = ""
     jwks_refresh_interval_s: float = 300.0
+    jwks_fetch_timeout_s: float = 5.0
     jwks_max_age_s: float = 86400.0
     policy_file: str = ""
 
@@ -375,6 +376,12 @@ OPTIONS = (
         "jwks_refresh_interval_s",
         _positive_float,
         "seconds between fetches of jwks_url",
+    ),
+    Option(
+        "jwks_fetch_timeout",
+        "jwks_fetch_timeout_s",
+        _positive_float,
+        "seconds a fetch of jwks_url may take, connecting included",
     ),
     Option(
         "jwks_max_age",

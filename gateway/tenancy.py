@@ -28,7 +28,7 @@ from typing import TypeVar
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from gateway.auth import JWKS_FETCH_TIMEOUT_S, Jwks, TokenKeysError, TokenVerifier
+from gateway.auth import Jwks, TokenKeysError, TokenVerifier
 from gateway.config import Config, ConfigError
 from gateway.errors import MissingToken, UnrecognizedClient
 from gateway.http.server import Request
@@ -112,7 +112,7 @@ class Tenancy:
                 ca_file=config.jwks_ca_file,
                 refresh_interval_s=config.jwks_refresh_interval_s,
                 max_age_s=config.jwks_max_age_s,
-                fetch_timeout_s=min(JWKS_FETCH_TIMEOUT_S, config.jwks_refresh_interval_s),
+                fetch_timeout_s=config.jwks_fetch_timeout_s,
                 clock=clock,
                 report=reloads.report,
             )

@@ -101,7 +101,7 @@ async def test_a_good_policy_takes_effect_without_dropping_a_call_in_flight(
 async def test_a_reloaded_jwks_file_verifies_tokens_of_the_new_key(reloadable, registry):
     """The cluster's keys rotate: after SIGHUP's reload, tokens of the new key are served;
     a JWKS file that does not parse keeps the keys there were."""
-    rotated = Issuer()
+    rotated = await asyncio.to_thread(Issuer)  # key generation off the event loop
     assert await status_of(reloadable, rotated.token()) == 403
     reloadable.jwks_path.write_text(json.dumps(rotated.jwks()))
     reloadable.app.reload()

@@ -20,7 +20,6 @@ from tests.tenancy_support import (
     AUDIENCE,
     ISSUER,
     SPIFFE_SCORER,
-    Issuer,
     P,
     Pki,
     caller_labels,
@@ -122,11 +121,10 @@ async def test_a_certificate_naming_nobody_is_unrecognized(mtls_gateway, pki, jo
 
 
 async def test_with_tokens_too_a_certificate_is_optional(
-    start_gateway, pki, journal, tmp_path, registry
+    start_gateway, pki, journal, tmp_path, registry, issuer
 ):
     """Certificates and tokens together: the handshake asks for a certificate without
     requiring one; a caller with neither gets MissingAuthenticationTokenException."""
-    issuer = Issuer()
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(issuer.jwks()))
     policy = POLICY + '\n[[callers]]\nname = "team-a"\nidentities = ["system:*:team-a:*"]\n'

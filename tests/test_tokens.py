@@ -7,6 +7,7 @@ README's snippet). Nothing refused ever reaches the emulator.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -58,6 +59,7 @@ async def token_gateway(start_gateway, jwks_server, clock, tmp_path):
         token_issuer=ISSUER,
         jwks_url=jwks_server.url,
         jwks_refresh_interval_s=0.3,
+        jwks_fetch_timeout_s=1.0,
         jwks_max_age_s=3600.0,
         policy_file=write_policy(tmp_path, POLICY),
     )
@@ -101,9 +103,13 @@ async def test_an_es256_token_is_served(token_gateway, issuer, journal):
     assert len(journal) == 1
 
 
+#: A key of nobody's JWKS (made once: key generation would hold up the event loop mid-test).
+STRANGER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def bad_tokens(issuer: Issuer) -> dict[str, str]:
     now = int(time.time())
-    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    stranger = STRANGER
     good = issuer.token()
     unknown_kid = jwt.encode(issuer.claims(), stranger, "RS256", {"kid": "not-in-the-jwks"})
     other_key = jwt.encode(issuer.claims(), stranger, "RS256", {"kid": issuer.rsa_kid})
@@ -198,7 +204,7 @@ async def test_a_new_key_in_the_jwks_is_fetched_for_a_token_that_names_it(
     """A token signed by a key added to the JWKS after the gateway fetched it is served: an
     unknown kid makes the gateway fetch again (at most every 30 s)."""
     await invoke(runtime_client(url_of(token_gateway), token=issuer.token()))
-    rotated = Issuer()
+    rotated = await asyncio.to_thread(Issuer)  # key generation off the event loop
     jwks_server.document = {"keys": issuer.jwks()["keys"] + rotated.jwks()["keys"]}
     clock.advance(31)
     await invoke(runtime_client(url_of(token_gateway), token=rotated.token()))
