@@ -12,6 +12,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
 	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
+	@echo "make fuzz   minutes of generated request streams checked against h11 (not in CI)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,12 @@ bench: $(STAMP)  ## gateway vs nginx proxy_pass, pinned, one table; a few minute
 	bash bench/install.sh
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
+
+# Not in CI: minutes of generated and mutated request streams through the HTTP oracle (h11 as
+# the reference, tests/test_http_oracle.py); ORACLE_EXAMPLES streams per test.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	ORACLE_EXAMPLES=$${ORACLE_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/test_http_oracle.py -k "generated or mutated"
 
 .PHONY: soak
 soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
