@@ -68,13 +68,10 @@ pattern).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
 import re
-import socket
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,6 +83,7 @@ from gateway.emulator.errors import (
     ACCOUNT_ID,
     CLIENT_ERROR_FROM_MODEL,
     INTERNAL_FAILURE_FROM_MODEL,
+    MODEL_TIMEOUT_MESSAGE,
     SERVICE_UNAVAILABLE,
     THROTTLING,
     VALIDATION_ERROR,
@@ -107,6 +105,7 @@ from gateway.emulator.invocation import (
     EmulatorState,
     Invocation,
     pause,
+    reset_connection,
 )
 from gateway.emulator.streaming import find_stream
 
@@ -122,13 +121,6 @@ _SLOW = re.compile(r"slow-(\d{1,9})")
 
 MODEL_FAILURE_STATUS = 500
 MODEL_FAILURE_MESSAGE = "Emulated model failure: the container answered HTTP 500."
-# The service's words when the container does not answer within its 60 seconds, as users have
-# reported them (it names the container ``primary``, or ``model`` on older endpoints).
-MODEL_TIMEOUT_MESSAGE = (
-    "Your invocation timed out while waiting for a response from container primary. "
-    "Review the latency metrics for each container in Amazon CloudWatch, resolve the issue, "
-    "and try again."
-)
 UNAVAILABLE_MESSAGE = "The service is unavailable. Try your call again."
 # The service's body for an inference-component endpoint called without a component, as a
 # user's client printed it in full.
@@ -279,15 +271,7 @@ async def unavailable(call: Invocation) -> web.StreamResponse:
 
 async def reset(call: Invocation) -> web.StreamResponse:
     """Reset the connection without answering; the client sees a reset or a disconnect."""
-    transport = call.request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # A zero linger time makes the close send RST rather than FIN: a reset, not an EOF.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be sent any more: end the handler the way aiohttp ends one whose client left.
-    raise asyncio.CancelledError
+    reset_connection(call)
 
 
 async def hang(call: Invocation) -> web.StreamResponse:
