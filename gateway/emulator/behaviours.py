@@ -82,8 +82,6 @@ from gateway.emulator.async_inference import accepted
 from gateway.emulator.errors import (
     ACCOUNT_ID,
     CLIENT_ERROR_FROM_MODEL,
-    INTERNAL_FAILURE_FROM_MODEL,
-    MODEL_TIMEOUT_MESSAGE,
     SERVICE_UNAVAILABLE,
     THROTTLING,
     VALIDATION_ERROR,
@@ -91,6 +89,7 @@ from gateway.emulator.errors import (
     endpoint_not_found,
     invalid_value,
     model_error,
+    model_timeout_error,
     validation_error,
 )
 from gateway.emulator.explainer import explainer
@@ -250,13 +249,7 @@ async def model_failure(call: Invocation) -> web.StreamResponse:
 async def model_timeout(call: Invocation) -> web.StreamResponse:
     """424 ModelError after ``model_timeout_s``: the container never answered."""
     await pause(call, call.settings.model_timeout_s)
-    raise model_error(
-        endpoint=call.endpoint,
-        region=call.settings.region,
-        original_status=0,
-        original_message=MODEL_TIMEOUT_MESSAGE,
-        error_code=INTERNAL_FAILURE_FROM_MODEL,
-    )
+    raise model_timeout_error(endpoint=call.endpoint, region=call.settings.region)
 
 
 async def throttle(call: Invocation) -> web.StreamResponse:

@@ -121,3 +121,14 @@ def model_error(
         "OriginalStatusCode": original_status,
     }
     return EmulatorError(424, MODEL_ERROR, message, body=body)
+
+
+def model_timeout_error(*, endpoint: str, region: str) -> EmulatorError:
+    """424 ModelError for the model's time limit: the container never answered (status 0)."""
+    return model_error(
+        endpoint=endpoint,
+        region=region,
+        original_status=0,
+        original_message=MODEL_TIMEOUT_MESSAGE,
+        error_code=INTERNAL_FAILURE_FROM_MODEL,
+    )

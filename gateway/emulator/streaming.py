@@ -59,9 +59,9 @@ from gateway.emulator.answers import (
 from gateway.emulator.errors import (
     INTERNAL_FAILURE,
     INTERNAL_FAILURE_FROM_MODEL,
-    MODEL_TIMEOUT_MESSAGE,
     EmulatorError,
     model_error,
+    model_timeout_error,
 )
 from gateway.emulator.invocation import ACCEPT, Behaviour, Invocation, reset_connection
 
@@ -91,13 +91,7 @@ def _broken_invoke_error(call: Invocation) -> EmulatorError:
 
 
 def _timeout_invoke_error(call: Invocation) -> EmulatorError:
-    return model_error(
-        endpoint=call.endpoint,
-        region=call.settings.region,
-        original_status=0,
-        original_message=MODEL_TIMEOUT_MESSAGE,
-        error_code=INTERNAL_FAILURE_FROM_MODEL,
-    )
+    return model_timeout_error(endpoint=call.endpoint, region=call.settings.region)
 
 
 def _internal_invoke_error(call: Invocation) -> EmulatorError:
