@@ -134,4 +134,3 @@ def _error_code(payload: bytes) -> str:
         return ""
     code = members.get("ErrorCode") if isinstance(members, dict) else None
     return code[:MAX_ERROR_CODE_CHARS] if isinstance(code, str) else ""
-
