@@ -372,7 +372,9 @@ class Metrics:
             self.model_timeouts.labels(endpoint, variant).inc()
         series.request_size.observe(outcome.request_bytes)
         series.response_size.observe(outcome.response_bytes)
-        if outcome.stream is not None:
+        # A stream without an outcome was stopped by a failure of the gateway itself (logged
+        # as unhandled_error): none of the outcomes would say what happened to it.
+        if outcome.stream is not None and outcome.stream.outcome:
             self._record_stream(outcome, outcome.stream)
 
 
