@@ -21,11 +21,13 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -390,14 +392,15 @@ def scraped(live_gateway, prometheus) -> Prometheus:
         lambda: (prometheus.scalar(samples_per_series) or 0) >= 2,
         "every requests_total series has been scraped twice",
     )
-    # The next evaluation of the rules sees both rounds: wait for alerts that need them, the
-    # group's last and one before it (a group's rules are evaluated in order, one by one).
+    # Each rule group evaluates on its own timer: wait until every one has run since Prometheus
+    # had both rounds, so that recorded series and alerts have seen all of the traffic.
+    since = time.time()  # Prometheus runs on this machine's clock
     prometheus.wait_until(
-        lambda: bool(
-            prometheus.query('ALERTS{alertname="SageMakerModelTimeouts"}')
-            and prometheus.query('ALERTS{alertname="SageMakerStreamErrors"}')
+        lambda: all(
+            datetime.fromisoformat(group["lastEvaluation"]).timestamp() > since
+            for group in prometheus.api("rules")["groups"]
         ),
-        "the rules have been evaluated on the traffic",
+        "every rule group has been evaluated on the traffic",
     )
     return prometheus
 
