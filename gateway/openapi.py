@@ -74,6 +74,7 @@ _PRINTABLE_ALREADY = re.compile(
     rf"\[(?!\^)(?:{_PUNCTUATION_ESCAPE}|[\x20-\x5b\x5e-\x7e])+\]|{_PUNCTUATION_ESCAPE}"
 )
 _ERROR_TYPE = r"^[A-Za-z][A-Za-z0-9]*(:.*)?$"
+_BINARY = {"type": "string", "format": "binary"}
 
 
 def describe(operations: Mapping[str, Operation], *, max_body_bytes: int) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def _operation(op: Operation, limit: int) -> dict[str, Any]:
         },
         *(_header_parameter(rule) for rule in op.request_headers.values()),
     ]
-    body_schema = {"type": "string", "format": "binary", "maxLength": limit}
+    body_schema = {**_BINARY, "maxLength": limit}
     responses = {str(op.success_status): _success(op), **_errors(op)}
     return {
         "operationId": op.name,
@@ -257,14 +258,18 @@ def _success(op: Operation) -> dict[str, Any]:
             "The answer as an event stream, relayed part by part as SageMaker sends it. "
             f"Its events: {events}"
         )
-        content = {EVENT_STREAM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+        content = {EVENT_STREAM_MEDIA_TYPE: {"schema": _BINARY}}
     elif op.response_payload == "json":
         description = "Accepted: where the result and a failure will be written."
         fields = {key: _member_schema(rule) for key, rule in op.response_fields.items()}
         content = {"application/json": {"schema": {"type": "object", "properties": fields}}}
     else:
-        description = "The model's answer: raw bytes of the media type Content-Type names."
-        content = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+        description = (
+            "The model's answer: raw bytes of the media type Content-Type names, as the model "
+            "wrote them (what they hold, JSON or else, is the model's, not described here)."
+        )
+        # Bytes for generated clients; any media type, with no schema to parse it by.
+        content = {"application/octet-stream": {"schema": _BINARY}, "*/*": {}}
     return {"description": description, "headers": headers, "content": content}
 
 
