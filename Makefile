@@ -12,6 +12,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
 	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
+	@echo "make fuzz   long fuzzing runs against the live gateway (FUZZ_SECONDS each, default 300)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +64,11 @@ bench: $(STAMP)  ## gateway vs nginx proxy_pass, pinned, one table; a few minute
 .PHONY: soak
 soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
 	$(BIN)/python bench/soak.py --duration $${SOAK_SECONDS:-180}
+
+# Long fuzzing runs against the live gateway and the emulator, one command a line (add yours).
+# schemathesis: a new seed each run, printed with whatever it finds; `make test` runs the same
+# test short and deterministic.
+.PHONY: fuzz
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	GATEWAY_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -p no:cacheprovider tests/test_schemathesis.py -k finds_nothing
