@@ -94,8 +94,11 @@ def describe(operations: Mapping[str, Operation], *, max_body_bytes: int) -> dic
             "description": (
                 "The SageMaker runtime's operations, called unsigned on the same paths: the "
                 "gateway validates each request against botocore's service model, signs it "
-                "with SigV4 and forwards it. Generated from the sagemaker-runtime service "
-                f"model of botocore {botocore.__version__}."
+                "with SigV4 and forwards it. Errors from SageMaker pass through unchanged, "
+                "x-amzn-ErrorType naming each: those its model lists, and AWS's common ones "
+                "(a ThrottlingException at 400, for one) under the statuses described here. "
+                "Generated from the sagemaker-runtime service model of botocore "
+                f"{botocore.__version__}."
             ),
         },
         "servers": [
@@ -144,7 +147,6 @@ def _operation(op: Operation, limit: int) -> dict[str, Any]:
     responses = {str(op.success_status): _success(op), **_errors(op)}
     return {
         "operationId": op.name,
-        "summary": _first_sentence(op.documentation),
         "description": _text(op.documentation),
         "parameters": parameters,
         "requestBody": {
@@ -290,26 +292,25 @@ def _errors(op: Operation) -> dict[str, Any]:
     """One answer per error status: who sends which ErrorType, the bodies they can have."""
     by_status: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
     for cls in _gateway_errors():
-        by_status[cls.status].append((cls.error_type, "GatewayError", _first_line(cls.__doc__)))
+        why = _first_line(cls.__doc__).replace("``", "")
+        by_status[cls.status].append((cls.error_type, "GatewayError", f"from the gateway: {why}"))
     for shape in _http_errors(op.errors):
         assert shape.status is not None
-        by_status[shape.status].append(
-            (shape.name, shape.name, _first_sentence(shape.documentation))
-        )
+        why = _first_sentence(shape.documentation)
+        by_status[shape.status].append((shape.name, shape.name, f"from SageMaker: {why}."))
     responses: dict[str, Any] = {}
     for status in sorted(by_status):
         causes = by_status[status]
         schemas = list(dict.fromkeys(f"#/components/schemas/{schema}" for _, schema, _ in causes))
         error_types = ", ".join(dict.fromkeys(error_type for error_type, _, _ in causes))
-        described = " ".join(f"{error_type}: {why}" for error_type, _, why in causes)
         body: dict[str, Any] = (
             {"$ref": schemas[0]} if len(schemas) == 1 else {"anyOf": [{"$ref": s} for s in schemas]}
         )
         responses[str(status)] = {
-            "description": described,
+            "description": " ".join(f"{error_type} {why}" for error_type, _, why in causes),
             "headers": {
                 ERROR_TYPE_HEADER: {
-                    "description": f"The error's type: {error_types}.",
+                    "description": f"The error's type: {error_types}, or another of SageMaker's.",
                     "required": True,
                     "schema": {"type": "string", "pattern": _ERROR_TYPE},
                 },
@@ -413,8 +414,7 @@ def _text(documentation: str) -> str:
 
 
 def _first_sentence(documentation: str) -> str:
-    text = _text(documentation)
-    return text.split(". ")[0].rstrip(".")[:120]
+    return _text(documentation).split(". ")[0].rstrip(".")
 
 
 def _first_line(docstring: str | None) -> str:
