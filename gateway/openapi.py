@@ -4,12 +4,15 @@ Nothing in it is written by hand about the API: the operations, their headers wi
 patterns and ranges, the body limits, the answers' headers and the errors' fields all come from
 botocore's service model as :mod:`gateway.operations` reads it, the gateway's own limits from
 the config and :mod:`gateway.validation`, and its own errors from :mod:`gateway.errors`. Only
-the health, readiness and metrics routes, which are the gateway's own, are described here.
+the gateway's own routes (health, readiness, metrics, this document) are described here.
 
 What each part says, and why it is said so:
 
-- The body is raw bytes of any media type (``*/*``, ``format: binary``), its ``maxLength`` the
-  byte limit the gateway applies (``max_body_bytes``, never above the model's own).
+- The body is raw bytes (``format: binary``) of any media type: ``application/octet-stream``,
+  which generated clients send when their caller names none, and ``*/*``; its ``maxLength`` is
+  the byte limit the gateway applies (``max_body_bytes``, never above the model's own).
+- InvokeEndpoint's answer is bytes too, but under ``*/*`` with no schema: what they hold is the
+  model's business, and a validator would otherwise parse a model's JSON and call it no string.
 - A request header's ``pattern`` is the model's (Java dialect, translated to ECMA-262 and anchored
   at both ends, as the gateway matches it), narrowed to printable ASCII, which the gateway
   requires of every header it forwards; its ``maxLength`` is at most 1024 for the same reason.
