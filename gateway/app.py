@@ -24,6 +24,7 @@ from gateway.errors import (
 from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
+from gateway.openapi import document_bytes
 from gateway.operations import load_operations
 from gateway.proxy import GatewayState, Proxy
 from gateway.validation import validate_framing
@@ -41,6 +42,7 @@ class Gateway:
         credentials: CredentialSource,
         metrics: Metrics,
         state: GatewayState,
+        openapi: bytes,
     ) -> None:
         self.config = config
         self.proxy = proxy
@@ -48,9 +50,15 @@ class Gateway:
         self.metrics = metrics
         self.state = state
         self.log = proxy.log
+        #: The OpenAPI description of the routes, made once at start-up.
+        self.openapi = openapi
         #: The read-only routes, on the signing listener and on the admin listener alike.
-        self.views = {"/healthz": self.healthz, "/readyz": self.readyz,
-                      "/metrics": self.metrics_view}  # fmt: skip
+        self.views = {
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics_view,
+            "/openapi.json": self.openapi_view,
+        }
 
     async def start(self) -> None:
         """Begin resolving credentials (the upstream pool opens connections as it needs them)."""
@@ -142,6 +150,10 @@ class Gateway:
             body = generate_latest(self.metrics.registry)
         response.send(200, [("Content-Type", CONTENT_TYPE_LATEST)], body)
 
+    def openapi_view(self, response: Response) -> None:
+        """The OpenAPI 3.1 description of this gateway, generated from botocore's model."""
+        response.send(200, [("Content-Type", "application/json")], self.openapi)
+
     def _refuse(self, error: GatewayError, response: Response) -> None:
         self.metrics.reject(error.reason)
         response.send(*error_answer(error, new_request_id()))
@@ -178,8 +190,10 @@ def make_app(
         max_connections=config.upstream_pool_size,
         connect_timeout_s=config.connect_timeout_s,
     )
-    proxy = Proxy(config, load_operations(), credentials, upstream, metrics, logger, state)
-    return Gateway(config, proxy, credentials, metrics, state)
+    operations = load_operations()
+    proxy = Proxy(config, operations, credentials, upstream, metrics, logger, state)
+    document = document_bytes(config, operations)
+    return Gateway(config, proxy, credentials, metrics, state, document)
 
 
 def multiprocess_dir() -> str | None:
