@@ -12,6 +12,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
 	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
+	@echo "make fuzz   minutes of request streams checked against h11, and of schemathesis (not in CI)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +64,12 @@ bench: $(STAMP)  ## gateway vs nginx proxy_pass, pinned, one table; a few minute
 .PHONY: soak
 soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
 	$(BIN)/python bench/soak.py --duration $${SOAK_SECONDS:-180}
+
+# Not in CI: long fuzzing runs against the live gateway and the emulator, one command a line.
+# The HTTP oracle (h11 as the reference, tests/test_http_oracle.py): ORACLE_EXAMPLES generated
+# and mutated request streams a test. schemathesis, judged by the gateway's OpenAPI
+# description: GATEWAY_FUZZ_SECONDS of it, a new seed each run (`make test` runs both short).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	ORACLE_EXAMPLES=$${ORACLE_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/test_http_oracle.py -k "generated or mutated"
+	GATEWAY_FUZZ_SECONDS=$${GATEWAY_FUZZ_SECONDS:-300} $(BIN)/pytest -q -p no:cacheprovider tests/test_schemathesis.py -k finds_nothing

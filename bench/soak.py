@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from processes import emulator_and_gateway, proc_status
@@ -62,20 +63,53 @@ async def big_bodies(gateway_url: str, pid: int, concurrency: int, rounds: int) 
     }
 
 
+STREAM_PARTS, STREAM_GAP_S = 20, 0.05
+
+
+async def stream_figures(session: aiohttp.ClientSession, gateway_url: str, endpoint: str) -> dict:
+    """The gateway's own stream figures for ``endpoint``, summed from its /metrics."""
+    wanted = {
+        "sagemaker_gateway_stream_parts_total": "parts",
+        "sagemaker_gateway_stream_first_part_seconds_sum": "first_part_sum_s",
+        "sagemaker_gateway_stream_first_part_seconds_count": "first_parts",
+        "sagemaker_gateway_stream_part_gap_seconds_sum": "gap_sum_s",
+        "sagemaker_gateway_stream_part_gap_seconds_count": "gaps",
+    }
+    figures = dict.fromkeys([*wanted.values(), "completed"], 0.0)
+    async with session.get(f"{gateway_url}/metrics") as response:
+        exposition = await response.text()
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.labels.get("endpoint") != endpoint:
+                continue
+            if sample.name in wanted:
+                figures[wanted[sample.name]] += sample.value
+            elif (
+                sample.name == "sagemaker_gateway_streams_total"
+                and sample.labels["outcome"] == "completed"
+            ):
+                figures["completed"] += sample.value
+    return figures
+
+
 async def streams(gateway_url: str, pid: int, count: int) -> dict:
-    """RSS while ``count`` response streams (20 parts, 50 ms apart) are relayed at once."""
+    """RSS while ``count`` response streams (20 parts, 50 ms apart) are relayed at once; each
+    stream's parts must keep their pace (not held back and delivered together), and the
+    gateway's stream metrics must count every part and gap."""
+    endpoint = f"stream-{STREAM_PARTS}-{int(STREAM_GAP_S * 1000)}"
     before = proc_status(pid)["VmRSS"]
     peak = before
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one() -> int:
-            url = f"{gateway_url}/endpoints/stream-20-50/invocations-response-stream"
+        async def one() -> tuple[int, float]:
+            url = f"{gateway_url}/endpoints/{endpoint}/invocations-response-stream"
             async with session.post(url, data=b"x" * 2000) as response:
-                size = 0
+                size, arrivals = 0, []
                 async for chunk in response.content.iter_any():
                     size += len(chunk)
-                return size
+                    arrivals.append(time.monotonic())
+                return size, arrivals[-1] - arrivals[0]
 
         async def sample() -> None:
             nonlocal peak
@@ -84,10 +118,30 @@ async def streams(gateway_url: str, pid: int, count: int) -> dict:
                 await asyncio.sleep(0.05)
 
         sampler = asyncio.create_task(sample())
-        sizes = await asyncio.gather(*(one() for _ in range(count)))
+        results = await asyncio.gather(*(one() for _ in range(count)))
         sampler.cancel()
+        figures = await stream_figures(session, gateway_url, endpoint)
+    sizes = [size for size, _ in results]
+    spreads = sorted(spread for _, spread in results)
     assert all(size > 2000 for size in sizes), sizes
-    return {"streams": count, "rss_before_kb": before, "rss_peak_kb": peak}
+    # 19 gaps of 50 ms: a stream whose parts were batched would arrive in far less.
+    paced = (STREAM_PARTS - 1) * STREAM_GAP_S * 0.8
+    assert spreads[0] >= paced, f"a stream arrived in {spreads[0]:.3f} s, under {paced:.3f} s"
+    assert figures["parts"] == count * STREAM_PARTS, figures
+    assert figures["gaps"] == count * (STREAM_PARTS - 1), figures
+    assert figures["completed"] == count, figures
+    return {
+        "streams": count,
+        "rss_before_kb": before,
+        "rss_peak_kb": peak,
+        "first_to_last_part_s": {"min": round(spreads[0], 3), "max": round(spreads[-1], 3)},
+        "gateway_parts": figures["parts"],
+        "gateway_completed": figures["completed"],
+        "gateway_mean_gap_ms": round(figures["gap_sum_s"] / figures["gaps"] * 1000, 2),
+        "gateway_mean_first_part_ms": round(
+            figures["first_part_sum_s"] / figures["first_parts"] * 1000, 2
+        ),
+    }
 
 
 async def soak(gateway_url: str, pid: int, duration_s: float, concurrency: int) -> list[dict]:
@@ -140,8 +194,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=180.0, help="soak seconds")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--streams-only", action="store_true", help="only the 100 concurrent streams phase"
+    )
     args = parser.parse_args()
     with emulator_and_gateway("--upstream-timeout", "5", "--log-level", "warning") as running:
+        if args.streams_only:
+            relayed = asyncio.run(streams(running.gateway_url, running.gateway_pid, 100))
+            print("100 streams:", json.dumps(relayed))
+            return 0
         memory = asyncio.run(big_bodies(running.gateway_url, running.gateway_pid, 40, 3))
         print("40 x 5 MB:", json.dumps(memory))
         relayed = asyncio.run(streams(running.gateway_url, running.gateway_pid, 100))

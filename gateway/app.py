@@ -28,13 +28,14 @@ from gateway.errors import (
 from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
+from gateway.openapi import document_bytes
 from gateway.operations import load_operations
 from gateway.proxy import GatewayState, Proxy
+from gateway.validation import validate_framing
 
 if TYPE_CHECKING:  # imported only when TLS or callers are configured (they bring in PyJWT)
     from gateway.tenancy import Reloads
     from gateway.tls import ServerTls
-from gateway.validation import validate_framing
 
 ENDPOINTS_PREFIX = "/endpoints/"
 
@@ -49,6 +50,7 @@ class Gateway:
         credentials: CredentialSource,
         metrics: Metrics,
         state: GatewayState,
+        openapi: bytes,
         tls: ServerTls | None = None,
         reloads: Reloads | None = None,
     ) -> None:
@@ -62,9 +64,15 @@ class Gateway:
         self.metrics = metrics
         self.state = state
         self.log = proxy.log
+        #: The OpenAPI description of the routes, made once at start-up.
+        self.openapi = openapi
         #: The read-only routes, on the signing listener and on the admin listener alike.
-        self.views = {"/healthz": self.healthz, "/readyz": self.readyz,
-                      "/metrics": self.metrics_view}  # fmt: skip
+        self.views = {
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics_view,
+            "/openapi.json": self.openapi_view,
+        }
 
     async def start(self) -> None:
         """Begin resolving credentials (the upstream pool opens connections as it needs them),
@@ -178,6 +186,10 @@ class Gateway:
             body = generate_latest(self.metrics.registry)
         response.send(200, [("Content-Type", CONTENT_TYPE_LATEST)], body)
 
+    def openapi_view(self, response: Response) -> None:
+        """The OpenAPI 3.1 description of this gateway, generated from botocore's model."""
+        response.send(200, [("Content-Type", "application/json")], self.openapi)
+
     def _refuse(self, error: GatewayError, response: Response) -> None:
         self.metrics.reject(error.reason)
         response.send(*error_answer(error, new_request_id()))
@@ -229,8 +241,10 @@ def make_app(
         max_connections=config.upstream_pool_size,
         connect_timeout_s=config.connect_timeout_s,
     )
-    proxy = Proxy(config, load_operations(), credentials, upstream, metrics, logger, state, tenancy)
-    return Gateway(config, proxy, credentials, metrics, state, tls, reloads)
+    operations = load_operations()
+    proxy = Proxy(config, operations, credentials, upstream, metrics, logger, state, tenancy)
+    document = document_bytes(config, operations)
+    return Gateway(config, proxy, credentials, metrics, state, document, tls, reloads)
 
 
 def multiprocess_dir() -> str | None:

@@ -1,4 +1,4 @@
-"""``sagemaker-gateway serve | emulator | demo``: argparse to a Config, then hand over.
+"""``sagemaker-gateway serve | openapi | emulator | demo``: argparse to a Config, then hand over.
 
 Nothing else happens here: a bad option is one line on stderr and exit status 2.
 """
@@ -22,10 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", metavar="PATH", help="TOML file (also SMGW_CONFIG)")
-    for option in OPTIONS:
-        serve.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
+    _add_options(commands.add_parser("serve", help="run the gateway"))
+    _add_options(
+        commands.add_parser(
+            "openapi",
+            help="print the OpenAPI 3.1 description of the gateway these options configure",
+        )
+    )
 
     emulator = commands.add_parser("emulator", help="run a local SageMaker runtime stand-in")
     emulator.add_argument("--host", default="127.0.0.1")
@@ -40,16 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", metavar="PATH", help="TOML file (also SMGW_CONFIG)")
+    for option in OPTIONS:
+        command.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m gateway``."""
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "openapi"):
         flags = {option.name: getattr(args, option.name) for option in OPTIONS}
         try:
-            config = load_config(flags, config_path=args.config)
+            config = load_config(
+                flags, config_path=args.config, require_region=args.command == "serve"
+            )
         except ConfigError as exc:
             print(f"sagemaker-gateway: {exc}", file=sys.stderr)
             return 2
+        if args.command == "openapi":
+            from gateway.openapi import document_bytes
+
+            sys.stdout.buffer.write(document_bytes(config) + b"\n")
+            return 0
         from gateway.serving import serve
 
         serve(config)

@@ -403,11 +403,14 @@ def load_config(
     flags: Mapping[str, str | None],
     env: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    *,
+    require_region: bool = True,
 ) -> Config:
     """Resolve every option by precedence flag > env > file > default, then check it.
 
     ``flags`` maps option names to the raw text given on the command line (None or absent when
     not given). Raises ConfigError with one line naming the option, its source and the rule.
+    Only a gateway that signs needs a region (``sagemaker-gateway openapi`` does not).
     """
     env = os.environ if env is None else env
     path = config_path or env.get(ENV_PREFIX + "CONFIG")
@@ -434,12 +437,14 @@ def load_config(
             break
     if values.get("workers", 1) > 1 and values.get("port", DEFAULT_PORT) == 0:
         raise ConfigError("--workers: more than one worker needs a fixed --port, not 0")
-    if not values.get("region"):
+    if values.get("region"):
+        region = values["region"]
+        values.setdefault("upstream_url", f"https://runtime.sagemaker.{region}.amazonaws.com")
+    elif require_region:
         raise ConfigError("region: none given; pass --region or set AWS_REGION")
     _check_callers(values)
     if path and "policy_file" not in values and "policy" in data:
         values["policy_file"] = path  # the [policy] table of the config file itself
-    values.setdefault("upstream_url", f"https://runtime.sagemaker.{values['region']}.amazonaws.com")
     return Config(**values)
 
 

@@ -34,6 +34,9 @@ DEMO_ACCESS_KEY = "AKIDDEMO"
 DEMO_SECRET_KEY = "demo-secret-key"
 DEMO_REGION = "us-east-1"
 STREAM_PARTS = 5
+#: The demo's model: its first part after 500 ms, then one every 200 ms, but 800 ms after the
+#: third (see gateway/emulator/streaming.py for the name's grammar).
+STREAM_ENDPOINT = f"stream-{STREAM_PARTS}-200-first-500-stall-3-800"
 
 #: (what it shows, endpoint, invoke_endpoint parameters)
 CALLS: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -96,16 +99,31 @@ async def _demo() -> int:
         print(f"gateway  (unsigned in, SigV4 out):             {gateway_url}\n")
         rows = await asyncio.to_thread(_invoke_all, gateway_url)
         print(_table(rows))
-        print("\nA response stream (InvokeEndpointWithResponseStream), printed part by part:")
+        print(
+            "\nA response stream (InvokeEndpointWithResponseStream), printed part by part as it"
+            f"\narrives from {STREAM_ENDPOINT} (first part after 500 ms, then one every"
+            "\n200 ms, with an 800 ms stall after the third):"
+        )
         parts = await asyncio.to_thread(_stream, gateway_url)
         exposition = await asyncio.to_thread(_get, f"{gateway_url}/metrics")
     finally:
         await server.stop(grace_s=0)
         await emulator_runner.cleanup()
+    stream = _stream_figures(exposition)
+    print(
+        "\nThe same stream, read back from GET /metrics: "
+        f"time to first part {stream['first_part_s']:.3f} s, "
+        f"largest gap {stream['largest_gap_s']:.3f} s, {stream['parts']:g} parts, "
+        f"outcome {stream['outcome']}"
+    )
     print()
     print(_per_variant_summary(exposition))
     expected = (200, 200, 200, 200, 200, 424, 424, 400, 400, 400)
-    ok = tuple(row.status for row in rows) == expected and parts == STREAM_PARTS
+    ok = (
+        tuple(row.status for row in rows) == expected
+        and parts == stream["parts"] == STREAM_PARTS
+        and stream["outcome"] == "completed"
+    )
     return 0 if ok else 1
 
 
@@ -120,10 +138,10 @@ def _client(gateway_url: str) -> Any:
 
 
 def _stream(gateway_url: str) -> int:
-    """Stream from an endpoint that emits a part every 300 ms; print each as it arrives."""
+    """Stream from the demo's streaming endpoint; print each part as it arrives."""
     started = time.perf_counter()
     response = _client(gateway_url).invoke_endpoint_with_response_stream(
-        EndpointName=f"stream-{STREAM_PARTS}-300",
+        EndpointName=STREAM_ENDPOINT,
         Body=b"Parts of an answer arrive as the model writes them.",
         ContentType="text/plain",
     )
@@ -177,6 +195,28 @@ def _table(rows: list[Row]) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _stream_figures(exposition: str) -> dict[str, Any]:
+    """The one demo stream's figures, from the exposition: with one stream, each histogram's
+    sum is that stream's value."""
+    figures: dict[str, Any] = {"outcome": "-", "parts": 0.0}
+    sums = {
+        "sagemaker_gateway_stream_first_part_seconds_sum": "first_part_s",
+        "sagemaker_gateway_stream_largest_gap_seconds_sum": "largest_gap_s",
+        "sagemaker_gateway_stream_parts_total": "parts",
+    }
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.labels.get("endpoint") != STREAM_ENDPOINT:
+                continue
+            if sample.name in sums:
+                figures[sums[sample.name]] = sample.value
+            elif sample.name == "sagemaker_gateway_streams_total" and sample.value:
+                figures["outcome"] = sample.labels["outcome"]
+    figures.setdefault("first_part_s", float("nan"))
+    figures.setdefault("largest_gap_s", float("nan"))
+    return figures
 
 
 def _per_variant_summary(exposition: str) -> str:

@@ -62,10 +62,9 @@ def _add_pid(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping
 
 
 def access_fields(outcome: Outcome) -> dict[str, Any]:
-    """The access-log fields for ``outcome``: identifiers, status, timings and sizes only."""
-    upstream_ms = (
-        None if outcome.upstream_duration_s is None else round(outcome.upstream_duration_s * 1e3, 3)
-    )
+    """The access-log fields for ``outcome``: identifiers, status, timings and sizes only; a
+    response stream adds its time to first part, parts, largest gap and how it ended; with a
+    policy, the caller."""
     fields = {
         "request_id": outcome.request_id,
         "upstream_request_id": outcome.upstream_request_id,
@@ -74,12 +73,24 @@ def access_fields(outcome: Outcome) -> dict[str, Any]:
         "operation": outcome.operation,
         "status": outcome.status,
         "error": outcome.error,
-        "duration_ms": round(outcome.duration_s * 1e3, 3),
-        "upstream_ms": upstream_ms,
+        "duration_ms": _ms(outcome.duration_s),
+        "upstream_ms": _ms(outcome.upstream_duration_s),
         "request_bytes": outcome.request_bytes,
         "response_bytes": outcome.response_bytes,
         "model_timeout": outcome.model_timeout,
     }
+    stream = outcome.stream
+    if stream is not None:
+        fields["first_part_ms"] = _ms(stream.first_part_s)
+        fields["parts"] = stream.parts
+        fields["largest_gap_ms"] = _ms(stream.largest_gap_s)
+        fields["stream_outcome"] = stream.outcome
+        fields["stream_error_code"] = stream.error_code
     if outcome.caller:  # with a policy: who called (the identity it proved, else its label)
         fields["caller"] = outcome.caller_identity or outcome.caller
     return fields
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds to the microsecond; None stays None (nothing was measured)."""
+    return None if seconds is None else round(seconds * 1e3, 3)

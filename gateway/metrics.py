@@ -5,6 +5,13 @@ of them; variants come from the upstream's answer, or from a validated TargetVar
 did not confirm, at most MAX_UNCONFIRMED_VARIANTS of those per endpoint. A caller sending
 made-up names therefore mints a bounded number of series. Requests refused before forwarding
 are counted by reason alone.
+
+Response streams (InvokeEndpointWithResponseStream answered 200) have families of their own,
+per endpoint and variant (and inference component when that label is on), under the same
+budgets. A stream's ``outcome`` is one of STREAM_OUTCOMES; ``error_code`` is the
+ModelStreamError's ErrorCode when it is one the API documents (MODEL_STREAM_ERROR_CODES), else
+OTHER_ERROR_CODE, and empty for every other outcome: SageMaker's own strings never become
+label values unchecked.
 """
 
 from __future__ import annotations
@@ -31,10 +38,45 @@ DURATION_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 58.0, 62.0, 75.0, 120.0,
 )  # fmt: skip
+#: Time to a stream's first part: from 10 ms (a model answering from cache) to the 60 s after
+#: which SageMaker gives up on the model.
+FIRST_PART_BUCKETS_S = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0,
+)  # fmt: skip
+#: Time between two parts of a stream: from 1 ms (parts relayed together) to a 10 s stall.
+PART_GAP_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 #: 100 bytes to the 6 MB the service accepts.
 SIZE_BUCKETS_BYTES = (
     100, 1_000, 10_000, 100_000, 500_000, 1_000_000, 2_500_000, 5_242_880, 6_291_456,
 )  # fmt: skip
+
+
+#: How a response stream ended (the ``outcome`` label of ``streams_total``):
+#: completed: the upstream ended it after whole messages and no exception;
+#: model_stream_error: a ModelStreamError message (``error_code`` says which);
+#: internal_stream_failure: an InternalStreamFailure message;
+#: malformed: bytes botocore cannot parse as an event stream, or an exception or error message
+#: the API does not define (the bytes are still relayed as they came);
+#: caller_left: the caller disconnected (the upstream request is cancelled);
+#: idle_timeout: the gateway cut it, the next part not having come within stream_idle_timeout
+#: (the first within upstream_timeout);
+#: upstream_cut: the connection to SageMaker closed or reset before the stream ended, or the
+#: stream ended inside a message.
+COMPLETED = "completed"
+MODEL_STREAM_ERROR = "model_stream_error"
+INTERNAL_STREAM_FAILURE = "internal_stream_failure"
+MALFORMED = "malformed"
+CALLER_LEFT = "caller_left"
+IDLE_TIMEOUT = "idle_timeout"
+UPSTREAM_CUT = "upstream_cut"
+STREAM_OUTCOMES = (COMPLETED, MODEL_STREAM_ERROR, INTERNAL_STREAM_FAILURE, MALFORMED,
+                   CALLER_LEFT, IDLE_TIMEOUT, UPSTREAM_CUT)  # fmt: skip
+#: The ErrorCodes botocore's service model documents for ModelStreamError.
+MODEL_STREAM_ERROR_CODES = frozenset({"ModelInvocationTimeExceeded", "StreamBroken"})
+#: The ``error_code`` label of any other (or a missing) ErrorCode.
+OTHER_ERROR_CODE = "_other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +86,33 @@ class _Series:
     request_duration: Any
     request_size: Any
     response_size: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSeries:
+    """The children one stream's (endpoint, variant[, component]) uses while it is relayed."""
+
+    first_part: Any
+    part_gap: Any
+    parts: Any
+    payload_bytes: Any
+
+
+@dataclass(slots=True)
+class StreamFigures:
+    """What one response stream did: kept as it is relayed, counted and logged when it ends."""
+
+    parts: int = 0
+    #: Bytes of the PayloadParts' payloads (the model's output, without the framing).
+    payload_bytes: int = 0
+    #: From the request's arrival to its first part relayed; None until a part came.
+    first_part_s: float | None = None
+    #: The longest time between two consecutive parts; None with fewer than two parts.
+    largest_gap_s: float | None = None
+    #: One of STREAM_OUTCOMES once the stream has ended; "" while it runs.
+    outcome: str = ""
+    #: The ModelStreamError's ErrorCode as SageMaker sent it (cut to 100 characters), or "".
+    error_code: str = ""
 
 
 @dataclass(slots=True)
@@ -67,6 +136,10 @@ class Outcome:
     upstream_request_id: str | None = None
     #: The validated InferenceComponentName, "" when none (a label only when opted in).
     inference_component: str = ""
+    #: time.perf_counter() when the request arrived (its head read).
+    arrived_at: float = 0.0
+    #: For a response stream that began (a 200 to InvokeEndpointWithResponseStream).
+    stream: StreamFigures | None = None
     #: The caller's label (a policy name, "_anonymous" or "_other"; with a policy only) and
     #: the identity it proved (for the access line; None when anonymous).
     caller: str = ""
@@ -104,6 +177,8 @@ class Metrics:
         self._counters: dict[tuple[str, ...], Any] = {}
         self._upstream: dict[tuple[str, ...], Any] = {}
         self._in_flight: dict[str, Any] = {}
+        self._streams: dict[tuple[str, ...], StreamSeries] = {}
+        self._stream_ends: dict[tuple[str, ...], Any] = {}
         # The inference component is an opt-in label: an endpoint may host hundreds of them.
         self.component_label = component_label
         per_variant: tuple[str, ...] = ("endpoint", "variant", "operation")
@@ -165,6 +240,48 @@ class Metrics:
             buckets=SIZE_BUCKETS_BYTES,
             registry=registry,
         )
+        per_stream: tuple[str, ...] = ("endpoint", "variant")
+        if component_label:
+            per_stream = (*per_stream, "inference_component")
+        self.stream_first_part = Histogram(
+            PREFIX + "stream_first_part_seconds",
+            "Response streams: from the request's arrival to its first part relayed to the caller",
+            per_stream,
+            buckets=FIRST_PART_BUCKETS_S,
+            registry=registry,
+        )
+        self.stream_part_gap = Histogram(
+            PREFIX + "stream_part_gap_seconds",
+            "Response streams: time between two consecutive parts relayed",
+            per_stream,
+            buckets=PART_GAP_BUCKETS_S,
+            registry=registry,
+        )
+        self.stream_largest_gap = Histogram(
+            PREFIX + "stream_largest_gap_seconds",
+            "Response streams of two or more parts: each stream's longest time between parts",
+            per_stream,
+            buckets=PART_GAP_BUCKETS_S,
+            registry=registry,
+        )
+        self.stream_parts = Counter(
+            PREFIX + "stream_parts",
+            "Response streams: PayloadParts relayed to callers",
+            per_stream,
+            registry=registry,
+        )
+        self.stream_bytes = Counter(
+            PREFIX + "stream_bytes",
+            "Response streams: payload bytes of the PayloadParts relayed (without the framing)",
+            per_stream,
+            registry=registry,
+        )
+        self.streams = Counter(
+            PREFIX + "streams",
+            "Response streams that ended, by how (error_code: a ModelStreamError's ErrorCode)",
+            (*per_stream, "outcome", "error_code"),
+            registry=registry,
+        )
         # A gauge rather than an Info: Info has no multiprocess mode.
         Gauge(
             PREFIX + "build_info",
@@ -199,6 +316,37 @@ class Metrics:
         if gauge is None:
             gauge = self._in_flight[label] = self.in_flight.labels(label)
         return gauge
+
+    def stream_series(self, outcome: Outcome) -> StreamSeries:
+        """The children a stream of ``outcome``'s endpoint and variant is counted in."""
+        labels = self._stream_labels(outcome)
+        series = self._streams.get(labels)
+        if series is None:
+            series = self._streams[labels] = StreamSeries(
+                self.stream_first_part.labels(*labels),
+                self.stream_part_gap.labels(*labels),
+                self.stream_parts.labels(*labels),
+                self.stream_bytes.labels(*labels),
+            )
+        return series
+
+    def _stream_labels(self, outcome: Outcome) -> tuple[str, ...]:
+        endpoint = self.endpoint_label(outcome.endpoint)
+        labels: tuple[str, ...] = (endpoint, self.variant_label(endpoint, outcome))
+        if self.component_label:
+            labels = (*labels, outcome.inference_component)
+        return labels
+
+    def _record_stream(self, outcome: Outcome, stream: StreamFigures) -> None:
+        """Count how a stream ended, and its largest gap (its parts were counted as relayed)."""
+        labels = self._stream_labels(outcome)
+        end_labels = (*labels, stream.outcome, stream_error_code_label(stream))
+        counter = self._stream_ends.get(end_labels)
+        if counter is None:
+            counter = self._stream_ends[end_labels] = self.streams.labels(*end_labels)
+        counter.inc()
+        if stream.largest_gap_s is not None:
+            self.stream_largest_gap.labels(*labels).observe(stream.largest_gap_s)
 
     def reject(self, reason: str) -> None:
         """Count a request refused before forwarding."""
@@ -236,6 +384,17 @@ class Metrics:
             self.model_timeouts.labels(endpoint, variant).inc()
         series.request_size.observe(outcome.request_bytes)
         series.response_size.observe(outcome.response_bytes)
+        # A stream without an outcome was stopped by a failure of the gateway itself (logged
+        # as unhandled_error): none of the outcomes would say what happened to it.
+        if outcome.stream is not None and outcome.stream.outcome:
+            self._record_stream(outcome, outcome.stream)
+
+
+def stream_error_code_label(stream: StreamFigures) -> str:
+    """The ``error_code`` label of a stream that ended: bounded to the documented codes."""
+    if stream.outcome != MODEL_STREAM_ERROR:
+        return ""
+    return stream.error_code if stream.error_code in MODEL_STREAM_ERROR_CODES else OTHER_ERROR_CODE
 
 
 def _budgeted(seen: set[str], value: str, budget: int, other: str) -> str:

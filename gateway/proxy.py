@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from botocore.eventstream import EventStreamBuffer, ParserError
 
 from gateway.config import Config
 from gateway.credentials import CredentialSource
@@ -38,10 +37,11 @@ from gateway.http.body import BodyBroken, BodyTimedOut, BodyTooLarge
 from gateway.http.client import UpstreamError, UpstreamPool, UpstreamResponse
 from gateway.http.server import Request, Response
 from gateway.log import access_fields
-from gateway.metrics import Metrics, Outcome
+from gateway.metrics import CALLER_LEFT, IDLE_TIMEOUT, UPSTREAM_CUT, Metrics, Outcome
 from gateway.operations import Operation
 from gateway.retry import RetryBudget, backoff_s, is_connect_failure, is_throttled
 from gateway.signing import Signer
+from gateway.streams import StreamMeter
 from gateway.validation import (
     body_limit,
     body_too_large,
@@ -120,7 +120,9 @@ class Proxy:
             return
 
         operation = self.operations[suffix]
-        outcome = Outcome(request_id=request_id, operation=operation.name, endpoint=endpoint)
+        outcome = Outcome(
+            request_id=request_id, operation=operation.name, endpoint=endpoint, arrived_at=started
+        )
         in_flight = self.metrics.in_flight_for(endpoint)
         in_flight.inc()
         self.state.in_flight += 1
@@ -254,6 +256,11 @@ class Proxy:
                         outcome.variant, outcome.variant_confirmed = confirmed_variant, True
                     outcome.upstream_request_id = up.header("x-amzn-requestid")
                     back = select_response_headers(self._response_headers[suffix], up.headers)
+                    if suffix == STREAM_SUFFIX and up.status < 300:
+                        response.start(up.status, back, up.content_length)
+                        await self._relay_stream(up, response, outcome, deadline)
+                        response.finish()
+                        return
                     whole = up.body.take_whole()
                     if whole is None and up.status >= 300:
                         # Read whole to recognise a model timeout; a larger one is relayed.
@@ -265,12 +272,9 @@ class Proxy:
                         response.send(up.status, back, whole)
                         return
                     response.start(up.status, back, up.content_length)
-                    if suffix == STREAM_SUFFIX and up.status < 300:
-                        await self._relay_stream(up, response, outcome, deadline)
-                    else:
-                        while chunk := await up.body.read_chunk():
-                            outcome.response_bytes += len(chunk)
-                            await response.write(chunk)
+                    while chunk := await up.body.read_chunk():
+                        outcome.response_bytes += len(chunk)
+                        await response.write(chunk)
                     response.finish()
         # The connect timeout is an UpstreamError, not a TimeoutError: it means "unreachable"
         # (503), not "too slow to answer" (504).
@@ -340,39 +344,29 @@ class Proxy:
         outcome: Outcome,
         deadline: asyncio.Timeout,
     ) -> None:
-        """Relay an event stream part by part as it arrives, noting errors sent inside it."""
+        """Relay an event stream part by part as it arrives, counting its parts and noting
+        how it ends (an exception message inside it, or how it was cut short).
+
+        The first part must come within the deadline of the whole exchange
+        (``upstream_timeout``); each later piece within ``stream_idle_timeout`` of the last.
+        """
         loop = asyncio.get_running_loop()
-        frames: EventStreamBuffer | None = EventStreamBuffer()
-        while True:
-            deadline.reschedule(loop.time() + self.config.stream_idle_timeout_s)
-            chunk = await up.body.read_chunk()
-            if not chunk:
-                return
-            outcome.response_bytes += len(chunk)
-            await response.write(chunk)
-            if frames is not None:
-                frames = _observe_frames(frames, chunk, outcome)
-
-
-def _observe_frames(
-    frames: EventStreamBuffer, chunk: bytes, outcome: Outcome
-) -> EventStreamBuffer | None:
-    """Note an exception event (ModelStreamError, ...) in the stream; bytes pass untouched.
-
-    botocore's own event-stream parser does the framing and CRC checks. A stream it cannot
-    parse is still relayed; it is only no longer observed (None).
-    """
-    try:
-        frames.add_data(chunk)
-        for message in frames:
-            message_headers = message.headers
-            if message_headers.get(":message-type") == "exception":
-                outcome.error = str(message_headers.get(":exception-type", "StreamException"))
-            elif message_headers.get(":message-type") == "error":
-                outcome.error = str(message_headers.get(":error-code", "StreamError"))
-    except ParserError:
-        return None
-    return frames
+        meter = StreamMeter(outcome, self.metrics.stream_series(outcome))
+        try:
+            while chunk := await up.body.read_chunk():
+                deadline.reschedule(loop.time() + self.config.stream_idle_timeout_s)
+                relayed_at = time.perf_counter()
+                outcome.response_bytes += len(chunk)
+                await response.write(chunk)
+                meter.relayed(chunk, relayed_at)
+        except asyncio.CancelledError:
+            # The deadline cancels the task as the caller's leaving does; only it is expired.
+            meter.finish(IDLE_TIMEOUT if deadline.expired() else CALLER_LEFT)
+            raise
+        except UpstreamError:
+            meter.finish(UPSTREAM_CUT)
+            raise
+        meter.finish()
 
 
 def _error_type(header: str) -> str:

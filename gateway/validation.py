@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 
 from gateway.errors import PayloadTooLarge, ValidationError
-from gateway.operations import HeaderRule, Operation
+from gateway.operations import MemberRule, Operation
 
 #: DESIGN section 3: every accepted header is printable ASCII and at most 1024 characters,
 #: whatever looser rule the model states for it.
@@ -55,16 +55,15 @@ def validate_endpoint_name(raw_name: str, operation: Operation) -> str:
     The name is checked before any percent-decoding: ``%2F``, ``..`` and ``@`` can never match
     the model's pattern, so an encoded path trick is refused rather than normalised away.
     """
-    max_len = operation.endpoint_name_max_length
-    if len(raw_name) > max_len:
-        raise _broken("endpointName", _too_long(max_len, len(raw_name)), "endpoint_name")
-    if not operation.endpoint_name_pattern.fullmatch(raw_name):
-        pattern = operation.endpoint_name_pattern_text
-        raise _broken("endpointName", _PATTERN + pattern, "endpoint_name")
+    rule = operation.endpoint_name
+    if rule.max_length is not None and len(raw_name) > rule.max_length:
+        raise _broken("endpointName", _too_long(rule.max_length, len(raw_name)), "endpoint_name")
+    if rule.pattern is not None and not rule.pattern.fullmatch(raw_name):
+        raise _broken("endpointName", _PATTERN + str(rule.pattern_text), "endpoint_name")
     return raw_name
 
 
-def validate_header(rule: HeaderRule, value: str) -> str:
+def validate_header(rule: MemberRule, value: str) -> str:
     """Accept one request header value under the model's rule for it, or raise."""
     field = rule.wire_name
     if len(value) > MAX_HEADER_CHARS:
@@ -88,7 +87,7 @@ def validate_header(rule: HeaderRule, value: str) -> str:
     return value
 
 
-def _validate_integer(rule: HeaderRule, value: str) -> str:
+def _validate_integer(rule: MemberRule, value: str) -> str:
     field = rule.wire_name
     if not _DIGITS.fullmatch(value):
         raise _broken(field, "Member must be an integer", "header_invalid")

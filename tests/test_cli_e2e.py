@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 
@@ -164,7 +165,9 @@ async def test_sigterm_during_ten_in_flight_requests_lets_all_finish(served_gate
 
 
 async def test_the_demo_runs_without_aws_and_prints_its_table():
-    """`sagemaker-gateway demo` exits 0 and shows the calls, the stream and per-variant figures."""
+    """`sagemaker-gateway demo` exits 0 and shows the calls, the stream part by part with its
+    time to first part (the model's 500 ms, or more) and largest gap (its 800 ms stall, or
+    thereabouts) read back from /metrics, and per-variant figures."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "demo",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -177,7 +180,14 @@ async def test_the_demo_runs_without_aws_and_prints_its_table():
     assert "VariantA" in text and "VariantB" in text
     assert "ModelError" in text and "ValidationError" in text
     assert "part 5:" in text
-    assert "From GET /metrics" in text
+    figures = re.search(
+        r"read back from GET /metrics: time to first part ([\d.]+) s, largest gap ([\d.]+) s, "
+        r"5 parts, outcome completed",
+        text,
+    )
+    assert figures, text
+    assert float(figures[1]) >= 0.5 and float(figures[2]) >= 0.7
+    assert "From GET /metrics, per endpoint and variant" in text
 
 
 async def test_two_workers_share_the_port_and_metrics_report_their_sum(emulator, tmp_path):

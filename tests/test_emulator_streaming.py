@@ -8,6 +8,7 @@ format.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
@@ -249,3 +250,99 @@ async def test_boto3_raises_the_streams_error_after_its_parts(server, endpoint, 
     assert len(parts) == 2
     assert error.response["Error"]["Code"] == code
     assert error.response["Error"]["Message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# First-part delay, stall, and the ends added for the stream figures
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_first_delays_the_first_part_apart_from_the_pace(server, client):
+    """stream-4-50-first-300: no part before 0.3 s, then each part 50 ms after the one before."""
+    answer = await read_stream(client, server, "stream-4-50-first-300", BODY)
+    waited = [m.received_at - answer.sent_at for m in answer.messages]
+    assert len(waited) == 4
+    assert waited[0] >= 0.3 * 0.95
+    for index, seconds in enumerate(waited):
+        assert seconds >= (0.3 + index * 0.05) * 0.95, f"part {index} came early"
+    # The whole stream is 0.45 s of waiting: the delay is not paid again between parts.
+    assert waited[-1] - waited[0] < 0.3 * 3
+
+
+async def test_stall_pauses_after_the_named_part_only(server, client):
+    """stream-5-10-stall-2-400: parts 1-2 at the pace, 0.4 s before part 3, then the pace."""
+    answer = await read_stream(client, server, "stream-5-10-stall-2-400", BODY)
+    arrivals = [m.received_at for m in answer.messages]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert len(gaps) == 4
+    assert gaps[1] >= 0.4 * 0.95
+    assert max(gaps[0], gaps[2], gaps[3]) < 0.4  # only the named gap stalls
+
+
+async def test_a_stall_after_the_last_part_holds_the_streams_end(server, client):
+    """stream-fail-2-10-stall-2-300: both parts, then 0.3 s, then the ModelStreamError."""
+    answer = await read_stream(client, server, "stream-fail-2-10-stall-2-300", BODY)
+    *parts, error = answer.messages
+    assert len(parts) == 2
+    assert error.received_at - parts[-1].received_at >= 0.3 * 0.95
+    assert error.headers[":exception-type"] == "ModelStreamError"
+
+
+async def test_stream_timeout_ends_with_a_model_invocation_time_exceeded(server, client):
+    """stream-timeout-2: two parts, then a ModelStreamError with ErrorCode
+    ModelInvocationTimeExceeded and a Message."""
+    answer = await read_stream(client, server, "stream-timeout-2", BODY)
+    *events, error = answer.messages
+    assert len(events) == 2
+    assert error.headers[":exception-type"] == "ModelStreamError"
+    members = json.loads(error.payload)
+    assert members["ErrorCode"] == "ModelInvocationTimeExceeded"
+    assert members["Message"]
+
+
+async def test_stream_cut_resets_the_connection_after_its_parts(server, client):
+    """stream-cut-3: three whole parts, then the connection breaks before the stream's end."""
+    target = url(server, "stream-cut-3", STREAM)
+    async with client.post(target, data=BODY, headers=signed_headers(target, BODY)) as response:
+        assert response.status == 200
+        received = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for chunk in response.content.iter_any():
+                received += chunk
+    assert len(decode_messages(received)) == 3
+
+
+async def test_stream_timeout_called_with_invoke_endpoint_is_a_model_timeout(server, client):
+    """InvokeEndpoint on stream-timeout answers the ModelError of a model timeout (status 0)."""
+    answer = await invoke(client, server, "stream-timeout-2", BODY)
+    status, error_type, body = answer.error
+    assert (status, error_type, body["OriginalStatusCode"]) == (424, "ModelError", 0)
+    assert "timed out" in body["Message"]
+
+
+async def test_stream_cut_called_with_invoke_endpoint_resets_the_connection(server, client):
+    """InvokeEndpoint on stream-cut gets no answer: the connection is reset."""
+    with pytest.raises(aiohttp.ClientError):
+        await invoke(client, server, "stream-cut-2", BODY)
+
+
+async def test_invoke_endpoint_waits_the_first_part_delay_and_the_stall_too(server, client):
+    """InvokeEndpoint on stream-3-10-first-200-stall-1-200 answers after at least 0.42 s."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await invoke(client, server, "stream-3-10-first-200-stall-1-200", BODY)
+    assert answer.status == 200 and answer.body == BODY
+    assert loop.time() - started >= 0.41 * 0.95
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["stream-3-10-stall-0-100", "stream-3-stall-2", "stream-2-first", "stream-first-2-3"],
+)
+async def test_names_outside_the_stream_grammar_are_not_endpoints(server, client, endpoint):
+    """A stall after part 0, a stall or a delay without its length, the pace after the delay:
+    no such endpoint (the service's 400)."""
+    answer = await invoke(client, server, endpoint, BODY, operation=STREAM)
+    status, error_type, body = answer.error
+    assert (status, error_type) == (400, "ValidationError")
+    assert "not found" in body["message"]

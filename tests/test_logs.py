@@ -25,6 +25,8 @@ ACCESS_FIELDS = {
     "request_id", "upstream_request_id", "endpoint", "variant", "operation", "status", "error",
     "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
 }  # fmt: skip
+#: What the access line of a response stream adds.
+STREAM_FIELDS = {"first_part_ms", "parts", "largest_gap_ms", "stream_outcome", "stream_error_code"}
 BAD_ENDPOINT = "Bad_Endpoint_Name_7f3c"
 
 # Distinctive values a caller sends; none may appear in any log line.
@@ -90,6 +92,23 @@ async def test_each_request_writes_one_access_line_with_its_fields(gateway):
     )  # fmt: skip
     assert header["request_id"] == refused[1]["x-amzn-RequestId"]
     assert len({line["request_id"] for line in lines}) == 4
+
+
+async def test_a_streams_line_adds_its_first_part_parts_largest_gap_and_outcome(gateway):
+    """A stream of 3 parts 50 ms apart, the first after 200 ms, then a ModelStreamError: its
+    line has the time to first part, 3 parts, the largest gap and how it ended."""
+    url = gateway.make_url("/endpoints/stream-fail-3-50-first-200/invocations-response-stream")
+    with capture_logs() as logs:
+        async with aiohttp.ClientSession() as session, session.post(url, data=b"abc") as answer:
+            await answer.read()
+    (line,) = access_lines(logs)
+    assert set(line) == ACCESS_FIELDS | STREAM_FIELDS | {"event", "log_level"}
+    assert (line["parts"], line["stream_outcome"], line["stream_error_code"]) == (
+        3, "model_stream_error", "StreamBroken",
+    )  # fmt: skip
+    assert 200 <= line["first_part_ms"] <= line["duration_ms"]
+    assert 25 <= line["largest_gap_ms"] <= line["duration_ms"] - line["first_part_ms"]
+    assert line["error"] == "ModelStreamError"
 
 
 async def test_a_forwarded_calls_line_carries_the_request_id_its_caller_saw(gateway):

@@ -37,6 +37,12 @@ LABEL_NAMES = {
     P + "response_body_bytes": {"endpoint", "operation"},
     P + "build_info": {"version"},
     P + "event_loop_tasks": set(),
+    P + "stream_first_part_seconds": {"endpoint", "variant"},
+    P + "stream_part_gap_seconds": {"endpoint", "variant"},
+    P + "stream_largest_gap_seconds": {"endpoint", "variant"},
+    P + "stream_parts": {"endpoint", "variant"},
+    P + "stream_bytes": {"endpoint", "variant"},
+    P + "streams": {"endpoint", "variant", "outcome", "error_code"},
 }
 
 
@@ -227,6 +233,7 @@ async def test_every_family_has_exactly_the_designed_label_names(gateway, regist
     """Each metric family carries the label names of DESIGN section 6, no more and no fewer."""
     for endpoint in ("variants", "model-timeout", BAD_ENDPOINT):
         await invoke(gateway, endpoint)
+    await invoke(gateway, "stream-2", suffix="invocations-response-stream")
     seen = {}
     for metric in registry.collect():
         for sample in metric.samples:
@@ -238,6 +245,29 @@ async def test_build_info_names_the_running_version(gateway, registry):
     """build_info{version} is 1 for the running version before any traffic."""
     value = registry.get_sample_value(P + "build_info", {"version": __version__})
     assert value == 1
+
+
+@pytest.mark.parametrize(
+    ("family", "first_bound", "last_bound"),
+    [
+        ("stream_first_part_seconds", 0.01, 60.0),
+        ("stream_part_gap_seconds", 0.001, 10.0),
+        ("stream_largest_gap_seconds", 0.001, 10.0),
+    ],
+)
+async def test_stream_buckets_run_from_milliseconds_to_the_longest_wait_that_matters(
+    gateway, registry, family, first_bound, last_bound
+):
+    """Time to first part: buckets from 10 ms to the model's 60 s; gaps between parts (and a
+    stream's largest): from 1 ms to a 10 s stall."""
+    await invoke(gateway, "stream-2", suffix="invocations-response-stream")
+    bounds = sorted(
+        float(s.labels["le"])
+        for s in samples(registry, P + family + "_bucket")
+        if s.labels["endpoint"] == "stream-2"
+    )
+    finite = [bound for bound in bounds if not math.isinf(bound)]
+    assert (finite[0], finite[-1], bounds[-1]) == (first_bound, last_bound, math.inf)
 
 
 @pytest.mark.parametrize("family", ["request_duration_seconds", "upstream_duration_seconds"])

@@ -21,11 +21,13 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,10 @@ SCRAPE_INTERVAL = "500ms"
 #: How long Prometheus may take to start, scrape, or evaluate what a test waits for.
 WAIT_DEADLINE_S = 20.0
 BAD_ENDPOINT = "Bad_Endpoint_Name_7f3c"
+STREAM = "invocations-response-stream"
+#: Three parts 30 ms apart, the first 200 ms after the call; and a stream that breaks.
+PACED_STREAM = "stream-3-30-first-200"
+FAILING_STREAM = "stream-fail-2"
 OVERSIZED_ATTRIBUTES = {"X-Amzn-SageMaker-Custom-Attributes": "a" * 1025}
 #: Where Kubernetes discovery would place the sidecar whose gateway we scrape.
 SIDECAR_POD = {"namespace": "shop", "pod": "recommender-7d9f", "container": "sagemaker-gateway"}
@@ -180,10 +186,16 @@ def live_gateway(tmp_path_factory) -> Iterator[Gateway]:
         loop.close()
 
 
-def post(live_gateway: Gateway, endpoint: str, headers: dict[str, str] | None = None) -> int:
-    """POST a small JSON body to an endpoint through the gateway; the status."""
+def post(
+    live_gateway: Gateway,
+    endpoint: str,
+    headers: dict[str, str] | None = None,
+    suffix: str = "invocations",
+) -> int:
+    """POST a small JSON body to an endpoint through the gateway; the status (a stream is
+    read to its end)."""
     request = urllib.request.Request(
-        f"{live_gateway.url}/endpoints/{endpoint}/invocations",
+        f"{live_gateway.url}/endpoints/{endpoint}/{suffix}",
         data=b"{}",
         headers={"Content-Type": "application/json", **(headers or {})},
         method="POST",
@@ -342,7 +354,8 @@ def scraped(live_gateway, prometheus) -> Prometheus:
 
     Two rounds, so that every counter has grown between two scrapes and rates are not zero.
     In all: 6 calls to ``variants`` (3 per variant), 3 model timeouts, 2 throttled calls, 2 answers
-    503, 1 gateway timeout, 4 oversized headers and 1 bad endpoint name (5 rejections).
+    503, 1 gateway timeout, 4 oversized headers and 1 bad endpoint name (5 rejections); and
+    response streams: 3 paced ones that complete and 2 that end in a ModelStreamError.
     """
     second_round = [
         ("variants", None), ("variants", None), ("variants", None), ("variants", None),
@@ -359,9 +372,13 @@ def scraped(live_gateway, prometheus) -> Prometheus:
         lambda: prometheus.scalar(f'up{{job="{JOB}", pod="{SIDECAR_POD["pod"]}"}}') == 1,
         "the gateway has been scraped once",
     )
+    streams = {id(first_round): [PACED_STREAM, FAILING_STREAM],
+               id(second_round): [PACED_STREAM, PACED_STREAM, FAILING_STREAM]}  # fmt: skip
     for calls in (first_round, second_round):
         for endpoint, headers in calls:
             post(live_gateway, endpoint, headers)
+        for endpoint in streams[id(calls)]:
+            assert post(live_gateway, endpoint, suffix=STREAM) == 200
         requests = family_total(live_gateway.registry, "sagemaker_gateway_requests_total")
         rejected = family_total(live_gateway.registry, "sagemaker_gateway_rejected_requests_total")
         prometheus.wait_until(
@@ -383,10 +400,15 @@ def scraped(live_gateway, prometheus) -> Prometheus:
         lambda: (prometheus.scalar(samples_per_series) or 0) >= 2,
         "every requests_total series has been scraped twice",
     )
-    # The next evaluation of the rules sees both rounds: wait for an alert that needs them.
+    # Each rule group evaluates on its own timer: wait until every one has run since Prometheus
+    # had both rounds, so that recorded series and alerts have seen all of the traffic.
+    since = time.time()  # Prometheus runs on this machine's clock
     prometheus.wait_until(
-        lambda: bool(prometheus.query('ALERTS{alertname="SageMakerModelTimeouts"}')),
-        "the rules have been evaluated on the traffic",
+        lambda: all(
+            datetime.fromisoformat(group["lastEvaluation"]).timestamp() > since
+            for group in prometheus.api("rules")["groups"]
+        ),
+        "every rule group has been evaluated on the traffic",
     )
     return prometheus
 
@@ -506,8 +528,40 @@ def test_recorded_p99_latency_is_per_variant(scraped):
     assert all(0 < seconds < 1 for seconds in recorded.values())
 
 
+def test_recorded_stream_figures_are_per_variant_and_where_the_emulator_put_them(scraped):
+    """Parts 30 ms apart, the first after 200 ms: the recorded p50 time to first part is past
+    the 0.1 s bound (a first part can come no sooner than 0.2 s) and, with the p99, within a
+    generous second; the p99 gap is past 10 ms and under 0.25 s; the paced streams all
+    complete (failed ratio 0) and the breaking ones all fail (1)."""
+
+    def recorded(name: str, endpoint: str) -> dict[str, float]:
+        return scraped.values(f'{name}{{endpoint="{endpoint}"}}', "variant")
+
+    first = "endpoint_variant:sagemaker_gateway_stream_first_part_seconds"
+    p50, p99 = (
+        recorded(f"{first}:p50_rate5m", PACED_STREAM),
+        recorded(f"{first}:p99_rate5m", PACED_STREAM),
+    )
+    assert set(p50) == set(p99) == {"AllTraffic"}
+    assert 0.1 < p50["AllTraffic"] <= p99["AllTraffic"] <= 1.0
+    gap = recorded(
+        "endpoint_variant:sagemaker_gateway_stream_part_gap_seconds:p99_rate5m", PACED_STREAM
+    )
+    assert 0.01 < gap["AllTraffic"] <= 0.25
+    failed = "endpoint_variant:sagemaker_gateway_streams_failed:ratio_rate5m"
+    assert recorded(failed, PACED_STREAM) == {"AllTraffic": 0}
+    assert recorded(failed, FAILING_STREAM) == {"AllTraffic": 1}
+    ended = scraped.query(
+        f'sagemaker_gateway_streams_total{{job="{JOB}", endpoint="{FAILING_STREAM}"}}'
+    )
+    assert [(s["metric"]["outcome"], s["metric"]["error_code"], s["value"][1]) for s in ended] == [
+        ("model_stream_error", "StreamBroken", "2")
+    ]
+
+
 def test_alerts_become_pending_on_the_matching_real_series(scraped):
-    """Model timeouts, throttling, 503s, refused headers and the unreachable gateway alert."""
+    """Model timeouts, throttling, 503s, refused headers, failing streams and the unreachable
+    gateway alert."""
     alerts = {
         (a["labels"]["alertname"], a["labels"].get("endpoint") or a["labels"].get("pod"))
         for a in scraped.api("alerts")["alerts"]
@@ -517,8 +571,10 @@ def test_alerts_become_pending_on_the_matching_real_series(scraped):
         ("SageMakerThrottling", "throttle"),
         ("SageMakerGatewayErrors", "unavailable"),
         ("SageMakerClientErrors", "echo"),
+        ("SageMakerStreamErrors", FAILING_STREAM),
         ("SageMakerGatewayDown", "sagemaker-gateway-5c6d"),
     } <= alerts
+    assert ("SageMakerStreamErrors", PACED_STREAM) not in alerts
     assert ("SageMakerGatewayDown", SIDECAR_POD["pod"]) not in alerts
     assert not any(name == "SageMakerGatewayAbsent" for name, _ in alerts)
 

@@ -17,7 +17,19 @@ from typing import Any
 
 import pytest
 
+from gateway.emulator.behaviours import MODEL_FAILURE_MESSAGE
+from gateway.emulator.errors import ACCOUNT_ID
+from tests.conftest import REGION
+
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+#: The ModelError fields a client program reports for the emulator's ``model-error`` endpoint.
+MODEL_ERROR_FIELDS = {
+    "original_status_code": 500,
+    "original_message": MODEL_FAILURE_MESSAGE,
+    "log_stream_arn": (
+        f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:/aws/sagemaker/Endpoints/model-error"
+    ),
+}
 
 
 def require(*commands: str) -> None:

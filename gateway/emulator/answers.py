@@ -14,7 +14,8 @@ the operation that was called:
 |                                  | ``eventstream``, ``X-Amzn-SageMaker-Content-Type``: the    |
 |                                  | model's; chunked; each part a PayloadPart message written  |
 |                                  | when produced, never buffered; a broken stream ends with   |
-|                                  | its exception message (see :mod:`.eventstream`)            |
+|                                  | its exception message (see :mod:`.eventstream`), or with   |
+|                                  | the connection reset                                       |
 | InvokeEndpointAsync              | 202 (see :func:`gateway.emulator.async_inference.accepted`)|
 
 Both synchronous forms carry ``x-Amzn-Invoked-Production-Variant``, the request's
@@ -48,6 +49,7 @@ from gateway.emulator.invocation import (
     PRIVATE_HEADERS,
     Invocation,
     pause,
+    reset_connection,
 )
 from gateway.emulator.sessions import session_headers
 
@@ -63,7 +65,8 @@ INTERNAL_STREAM_FAILURE_MESSAGE = (
 class StreamFailure:
     """How a model's stream breaks: the exception message, and the error InvokeEndpoint gives."""
 
-    exception_type: str
+    #: The exception message's type; None: no message, the connection is reset instead.
+    exception_type: str | None
     members: Mapping[str, Any]
     #: The error a buffered (InvokeEndpoint) call answers instead of the parts.
     invoke_error: Callable[[Invocation], EmulatorError]
@@ -76,12 +79,27 @@ class ModelOutput:
     content_type: str
     variant: str
     parts: Sequence[bytes]
-    #: Seconds between one part and the next (the first comes at once).
+    #: Seconds between one part and the next.
     interval_s: float = 0.0
+    #: Seconds before the first part (a stream's 200 and headers come at once).
+    first_part_delay_s: float = 0.0
+    #: After this many parts (1 or more), ``stall_s`` instead of ``interval_s`` before the
+    #: next part (or, after the last part, before the stream's end); 0: no stall.
+    stall_after_parts: int = 0
+    stall_s: float = 0.0
     #: Sent after the parts when the stream breaks; None for a stream that ends well.
     failure: StreamFailure | None = None
     #: Headers of the answer beyond the common ones (e.g. a closed session's id).
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    def wait_before(self, index: int) -> float:
+        """Seconds between part ``index - 1`` and part ``index`` (0: since the call; the number
+        of parts: the stream's end, or its failure)."""
+        if index and index == self.stall_after_parts:
+            return self.stall_s
+        if index == 0:
+            return self.first_part_delay_s
+        return self.interval_s if index < len(self.parts) else 0.0
 
 
 async def deliver(call: Invocation, output: ModelOutput) -> web.StreamResponse:
@@ -104,7 +122,7 @@ def common_headers(call: Invocation, output: ModelOutput) -> dict[str, str]:
 
 
 async def _buffered(call: Invocation, output: ModelOutput) -> web.Response:
-    await pause(call, output.interval_s * max(len(output.parts) - 1, 0))
+    await pause(call, sum(output.wait_before(index) for index in range(len(output.parts) + 1)))
     if output.failure is not None:
         raise output.failure.invoke_error(call)
     headers = {"Content-Type": output.content_type, **common_headers(call, output)}
@@ -122,12 +140,16 @@ async def _stream(call: Invocation, output: ModelOutput) -> web.StreamResponse:
     await response.prepare(call.request)
     try:
         for index, part in enumerate(output.parts):
-            if index:
-                await pause(call, output.interval_s)
+            if wait_s := output.wait_before(index):
+                await pause(call, wait_s)
             # Each write goes to the socket now: a part is never held back for the next one.
             await response.write(eventstream.payload_part(part))
-        if output.failure is not None:
-            failure = output.failure
+        if wait_s := output.wait_before(len(output.parts)):
+            await pause(call, wait_s)
+        failure = output.failure
+        if failure is not None:
+            if failure.exception_type is None:
+                reset_connection(call)
             await response.write(
                 eventstream.exception_message(failure.exception_type, failure.members)
             )

@@ -68,13 +68,10 @@ pattern).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
 import re
-import socket
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -85,7 +82,6 @@ from gateway.emulator.async_inference import accepted
 from gateway.emulator.errors import (
     ACCOUNT_ID,
     CLIENT_ERROR_FROM_MODEL,
-    INTERNAL_FAILURE_FROM_MODEL,
     SERVICE_UNAVAILABLE,
     THROTTLING,
     VALIDATION_ERROR,
@@ -93,6 +89,7 @@ from gateway.emulator.errors import (
     endpoint_not_found,
     invalid_value,
     model_error,
+    model_timeout_error,
     validation_error,
 )
 from gateway.emulator.explainer import explainer
@@ -107,6 +104,7 @@ from gateway.emulator.invocation import (
     EmulatorState,
     Invocation,
     pause,
+    reset_connection,
 )
 from gateway.emulator.streaming import find_stream
 
@@ -122,13 +120,6 @@ _SLOW = re.compile(r"slow-(\d{1,9})")
 
 MODEL_FAILURE_STATUS = 500
 MODEL_FAILURE_MESSAGE = "Emulated model failure: the container answered HTTP 500."
-# The service's words when the container does not answer within its 60 seconds, as users have
-# reported them (it names the container ``primary``, or ``model`` on older endpoints).
-MODEL_TIMEOUT_MESSAGE = (
-    "Your invocation timed out while waiting for a response from container primary. "
-    "Review the latency metrics for each container in Amazon CloudWatch, resolve the issue, "
-    "and try again."
-)
 UNAVAILABLE_MESSAGE = "The service is unavailable. Try your call again."
 # The service's body for an inference-component endpoint called without a component, as a
 # user's client printed it in full.
@@ -258,13 +249,7 @@ async def model_failure(call: Invocation) -> web.StreamResponse:
 async def model_timeout(call: Invocation) -> web.StreamResponse:
     """424 ModelError after ``model_timeout_s``: the container never answered."""
     await pause(call, call.settings.model_timeout_s)
-    raise model_error(
-        endpoint=call.endpoint,
-        region=call.settings.region,
-        original_status=0,
-        original_message=MODEL_TIMEOUT_MESSAGE,
-        error_code=INTERNAL_FAILURE_FROM_MODEL,
-    )
+    raise model_timeout_error(endpoint=call.endpoint, region=call.settings.region)
 
 
 async def throttle(call: Invocation) -> web.StreamResponse:
@@ -279,15 +264,7 @@ async def unavailable(call: Invocation) -> web.StreamResponse:
 
 async def reset(call: Invocation) -> web.StreamResponse:
     """Reset the connection without answering; the client sees a reset or a disconnect."""
-    transport = call.request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # A zero linger time makes the close send RST rather than FIN: a reset, not an EOF.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    # Nothing can be sent any more: end the handler the way aiohttp ends one whose client left.
-    raise asyncio.CancelledError
+    reset_connection(call)
 
 
 async def hang(call: Invocation) -> web.StreamResponse:

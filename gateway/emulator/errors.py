@@ -27,6 +27,14 @@ INTERNAL_FAILURE = "InternalFailure"
 CLIENT_ERROR_FROM_MODEL = "CLIENT_ERROR_FROM_MODEL"
 INTERNAL_FAILURE_FROM_MODEL = "INTERNAL_FAILURE_FROM_MODEL"
 
+# The service's words when the container does not answer within its 60 seconds, as users have
+# reported them (it names the container ``primary``, or ``model`` on older endpoints).
+MODEL_TIMEOUT_MESSAGE = (
+    "Your invocation timed out while waiting for a response from container primary. "
+    "Review the latency metrics for each container in Amazon CloudWatch, resolve the issue, "
+    "and try again."
+)
+
 
 class EmulatorError(Exception):
     """An AWS-shaped error answer: status, ErrorType and body (``{"message": ...}`` by default)."""
@@ -113,3 +121,14 @@ def model_error(
         "OriginalStatusCode": original_status,
     }
     return EmulatorError(424, MODEL_ERROR, message, body=body)
+
+
+def model_timeout_error(*, endpoint: str, region: str) -> EmulatorError:
+    """424 ModelError for the model's time limit: the container never answered (status 0)."""
+    return model_error(
+        endpoint=endpoint,
+        region=region,
+        original_status=0,
+        original_message=MODEL_TIMEOUT_MESSAGE,
+        error_code=INTERNAL_FAILURE_FROM_MODEL,
+    )

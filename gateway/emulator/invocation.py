@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -97,3 +100,16 @@ async def pause(call: Invocation, seconds: float | None) -> None:
     except TimeoutError:
         return
     raise EmulatorError(503, SERVICE_UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+
+
+def reset_connection(call: Invocation) -> NoReturn:
+    """Reset the call's connection (TCP RST, not FIN) and end the handler, answering nothing."""
+    transport = call.request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A zero linger time makes the close send RST rather than FIN: a reset, not an EOF.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    # Nothing can be sent any more: end the handler the way aiohttp ends one whose client left.
+    raise asyncio.CancelledError
