@@ -74,6 +74,15 @@ class Rule:
 ALLOW_ALL = Rule("", (), ("*",), frozenset(OPERATIONS))
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the proven identity (None: nobody), its metric label, its entry."""
+
+    identity: str | None
+    label: str
+    rule: Rule | None
+
+
 class Policy:
     """A loaded policy: its entries, its default, and who matches which."""
 
@@ -94,6 +103,19 @@ class Policy:
             if _GLOB_CHARS.search(pattern)
         ]
         self._resolved: dict[str, Rule | None] = {}
+        #: (entry name, endpoint, operation) -> allowed, remembered like identities.
+        self._allowed: dict[tuple[str, str, str], bool] = {}
+
+    def allows(self, rule: Rule, endpoint: str, operation: str) -> bool:
+        """Whether ``rule`` (one of this policy's) lets its callers invoke ``operation`` on
+        ``endpoint``."""
+        key = (rule.name, endpoint, operation)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            allowed = rule.allows(endpoint, operation)
+            if len(self._allowed) < MAX_REMEMBERED_IDENTITIES:
+                self._allowed[key] = allowed
+        return allowed
 
     def rule_for(self, identity: str) -> Rule | None:
         """The entry naming ``identity`` (exact first, then globs in file order), or None."""
@@ -268,6 +290,7 @@ class Guard:
                     kept.bucket = TokenBucket(rule.rate_per_s, rule.burst, self._clock)
         self._limits = limits
         self.policy = policy
+        self._callers: dict[str | None, Caller] = {}
 
     def resolve(self, identity: str | None) -> tuple[str, Rule | None]:
         """The caller label of ``identity`` (None: anonymous) and the entry that applies."""
@@ -278,13 +301,22 @@ class Guard:
                 return rule.name, rule
         return (ANONYMOUS if identity is None else OTHER), policy.default
 
-    def admit(
-        self, label: str, rule: Rule | None, identity: str | None, endpoint: str, operation: str
-    ) -> Callable[[], None] | None:
+    def caller(self, identity: str | None) -> Caller:
+        """The Caller that ``identity`` is under the current policy (remembered per policy)."""
+        callers = self._callers
+        found = callers.get(identity)
+        if found is None:
+            found = Caller(identity, *self.resolve(identity))
+            if len(callers) < MAX_REMEMBERED_IDENTITIES:
+                callers[identity] = found
+        return found
+
+    def admit(self, caller: Caller, endpoint: str, operation: str) -> Callable[[], None] | None:
         """Let the request through (returning what to call when it ends, or None), or raise
         CallerForbidden or CallerThrottled."""
-        who = identity or ANONYMOUS
-        if rule is None or not rule.allows(endpoint, operation):
+        label, rule = caller.label, caller.rule
+        who = caller.identity or ANONYMOUS
+        if rule is None or not self.policy.allows(rule, endpoint, operation):
             raise CallerForbidden(
                 f"User: {who} is not authorized to perform: sagemaker:{operation} on resource: "
                 f"endpoint/{endpoint} (gateway policy, caller {label})"

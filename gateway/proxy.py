@@ -50,7 +50,8 @@ from gateway.validation import (
 )
 
 if TYPE_CHECKING:  # imported only when callers are configured (it brings in PyJWT)
-    from gateway.tenancy import Caller, Tenancy
+    from gateway.policy import Caller
+    from gateway.tenancy import Tenancy
 
 VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 VARIANT_HEADER_LOWER = VARIANT_HEADER.lower()

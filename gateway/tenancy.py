@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -33,7 +32,7 @@ from gateway.config import Config, ConfigError
 from gateway.errors import MissingToken, UnrecognizedClient
 from gateway.http.server import Request
 from gateway.metrics import PREFIX
-from gateway.policy import ALLOW_ALL, Clock, Guard, Policy, PolicyError, Rule, load_policy
+from gateway.policy import ALLOW_ALL, Caller, Clock, Guard, Policy, PolicyError, load_policy
 from gateway.tls import ServerTls, TlsError, certificate_caller
 
 Logger = structlog.typing.FilteringBoundLogger
@@ -84,15 +83,6 @@ class Reloads:
         else:
             self.failed.labels(source).set(1)
             self.log.error("reload_failed", source=source, error=error)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sent a request: the proven identity (None: nobody), its metric label, its entry."""
-
-    identity: str | None
-    label: str
-    rule: Rule | None
 
 
 class Tenancy:
@@ -173,13 +163,12 @@ class Tenancy:
                 "Missing Authentication Token: send Authorization: Bearer <service-account "
                 "token>" + (" or a client certificate" if self.certificates else "")
             )
-        label, rule = self.guard.resolve(identity)
-        return Caller(identity, label, rule)
+        return self.guard.caller(identity)
 
     def admit(self, caller: Caller, endpoint: str, operation: str) -> Callable[[], None] | None:
         """Let ``caller`` invoke ``operation`` on ``endpoint`` (returning what to call when the
         request ends), or raise CallerForbidden / CallerThrottled."""
-        return self.guard.admit(caller.label, caller.rule, caller.identity, endpoint, operation)
+        return self.guard.admit(caller, endpoint, operation)
 
     def reload(self) -> None:
         """SIGHUP: load the policy and the JWKS file again (fetch the JWKS URL soon)."""
@@ -205,14 +194,12 @@ def _bearer_token(headers: list[tuple[str, str]]) -> str | None:
     """The token of ``Authorization: Bearer``; None without one (another scheme, such as a
     SigV4 signature a client sends anyway, is not a token). Two bearer tokens prove nothing."""
     found = None
-    for name, value in headers:
-        if len(name) == 13 and name.lower() == "authorization":
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-            if found is not None:
-                raise UnrecognizedClient("The request carries more than one bearer token")
-            found = token.strip()
+    for name, value in headers:  # (the server has stripped the whitespace around values)
+        if len(name) != 13 or name.lower() != "authorization" or value[:7].lower() != "bearer ":
+            continue
+        if found is not None:
+            raise UnrecognizedClient("The request carries more than one bearer token")
+        found = value[7:].lstrip(" ")
     return found
 
 

@@ -14,6 +14,7 @@ import re
 import aiohttp
 import pytest
 
+from gateway.errors import CallerThrottled
 from gateway.policy import (
     ANONYMOUS,
     OTHER,
@@ -140,20 +141,21 @@ def test_a_reload_keeps_the_bucket_and_in_flight_count_of_an_unchanged_entry():
         return parse_policy({"callers": [entry]}, authentication=True)
 
     guard = Guard(policy(2), clock)
-    label, rule = guard.resolve("x")
-    releases = [guard.admit(label, rule, "x", "e", "InvokeEndpoint") for _ in range(2)]
+
+    def admit():
+        return guard.admit(guard.caller("x"), "e", "InvokeEndpoint")
+
+    releases = [admit() for _ in range(2)]
     guard.replace(policy(2))
-    label, rule = guard.resolve("x")
-    with pytest.raises(Exception, match="over its policy's rate"):
-        guard.admit(label, rule, "x", "e", "InvokeEndpoint")
+    with pytest.raises(CallerThrottled, match="over its policy's rate"):
+        admit()
     guard.replace(policy(10))
-    label, rule = guard.resolve("x")
-    guard.admit(label, rule, "x", "e", "InvokeEndpoint")
-    with pytest.raises(Exception, match="3 requests in flight"):
-        guard.admit(label, rule, "x", "e", "InvokeEndpoint")
+    admit()
+    with pytest.raises(CallerThrottled, match="3 requests in flight"):
+        admit()
     for release in releases:
         release()
-    guard.admit(label, rule, "x", "e", "InvokeEndpoint")
+    admit()
 
 
 def test_unmatched_and_anonymous_callers_get_the_reserved_labels():
