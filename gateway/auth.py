@@ -210,6 +210,14 @@ class Jwks:
         self._last_refetch_at = now
         return True
 
+    async def close(self) -> None:
+        """Cancel a fetch under way (at shutdown)."""
+        fetching = self._fetching
+        if fetching is not None and not fetching.done():
+            fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TokenKeysError):
+                await fetching
+
     def refresh_soon(self) -> None:
         """Ask the refresh loop to fetch now (SIGHUP)."""
         self._wake.set()

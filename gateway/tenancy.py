@@ -139,6 +139,8 @@ class Tenancy:
             self._refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refreshing
+        if self.jwks is not None:
+            await self.jwks.close()
 
     def ready(self) -> bool:
         """Whether tokens can be verified now (keys loaded and not too old), if any are taken."""
