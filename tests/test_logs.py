@@ -22,8 +22,8 @@ from tests.conftest import ACCESS_KEY, SECRET_KEY
 
 #: The fields of every access line for a request whose endpoint name was valid.
 ACCESS_FIELDS = {
-    "request_id", "upstream_request_id", "endpoint", "variant", "operation", "status", "error",
-    "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
+    "request_id", "upstream_request_id", "endpoint", "target", "variant", "operation", "status",
+    "error", "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
 }  # fmt: skip
 #: What the access line of a response stream adds.
 STREAM_FIELDS = {"first_part_ms", "parts", "largest_gap_ms", "stream_outcome", "stream_error_code"}
