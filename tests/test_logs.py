@@ -210,7 +210,7 @@ def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout
     del access["timestamp"]
     assert access == {
         "event": "request", "level": "info", "request_id": "r-1", "upstream_request_id": None,
-        "endpoint": "echo",
+        "endpoint": "echo", "target": "echo",
         "variant": "VariantA", "operation": "InvokeEndpoint", "status": 424,
         "error": "ModelError", "duration_ms": 12.346, "upstream_ms": 10.0, "request_bytes": 10,
         "response_bytes": 812, "model_timeout": True,
