@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,6 +22,7 @@ from gateway.errors import (
     error_answer,
     new_request_id,
 )
+from gateway.failover import Clock
 from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
@@ -67,6 +69,8 @@ class Gateway:
     async def close(self) -> None:
         """Close the upstream pool and stop the credential refresher."""
         await self.proxy.upstream.close()
+        if self.proxy.failover is not None:
+            await self.proxy.failover.close()
         await self.credentials.stop()
 
     async def handle(self, request: Request, response: Response) -> None:
@@ -169,8 +173,10 @@ def make_app(
     registry: CollectorRegistry,
     credentials: CredentialSource | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
+    clock: Clock = time.monotonic,
 ) -> Gateway:
-    """The gateway for ``config``, its metrics on ``registry``.
+    """The gateway for ``config``, its metrics on ``registry``; ``clock`` times the failover
+    circuit breakers.
 
     ``credentials`` defaults to botocore's chain, refreshed in the background while it runs.
     """
@@ -191,7 +197,7 @@ def make_app(
         connect_timeout_s=config.connect_timeout_s,
     )
     operations = load_operations()
-    proxy = Proxy(config, operations, credentials, upstream, metrics, logger, state)
+    proxy = Proxy(config, operations, credentials, upstream, metrics, logger, state, clock=clock)
     document = document_bytes(config, operations)
     return Gateway(config, proxy, credentials, metrics, state, document)
 

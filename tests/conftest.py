@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -59,12 +60,13 @@ class RunningEmulator:
         return URL(f"http://{self.host}:{self.port}{path}")
 
 
-async def start_emulator(settings: EmulatorSettings) -> RunningEmulator:
-    """Start an emulator; aiohttp's test server listens with a backlog of 128, too few for
-    300 simultaneous upstream connections, so this one is started by hand."""
+async def start_emulator(settings: EmulatorSettings, port: int = 0) -> RunningEmulator:
+    """Start an emulator (on ``port``, else a free one); aiohttp's test server listens with a
+    backlog of 128, too few for 300 simultaneous upstream connections, so this one is started
+    by hand."""
     runner = web.AppRunner(make_emulator_app(settings), handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=2048)
     await site.start()
     return RunningEmulator(runner, runner.addresses[0][1])
 
@@ -133,11 +135,14 @@ async def start_gateway(registry, gateway_credentials, gateway_config):
     registries = [registry]
     started: list[GatewayServer] = []
 
-    async def start(credentials: CredentialSource | None = None, **overrides) -> RunningGateway:
+    async def start(
+        credentials: CredentialSource | None = None, clock=time.monotonic, **overrides
+    ) -> RunningGateway:
         config = replace(gateway_config, **overrides)
         source = credentials or CredentialSource.static(gateway_credentials)
         own_registry = registries.pop() if registries else CollectorRegistry()
-        server = GatewayServer(make_app(config, registry=own_registry, credentials=source), config)
+        app = make_app(config, registry=own_registry, credentials=source, clock=clock)
+        server = GatewayServer(app, config)
         await server.start()
         started.append(server)
         return RunningGateway(server)
