@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -25,6 +24,7 @@ from gateway.errors import (
     error_answer,
     new_request_id,
 )
+from gateway.failover import Clock
 from gateway.http.client import UpstreamPool
 from gateway.http.server import HttpError, Request, Response
 from gateway.metrics import Metrics
@@ -88,6 +88,8 @@ class Gateway:
     async def close(self) -> None:
         """Close the upstream pool and stop the credential refresher and the watchers."""
         await self.proxy.upstream.close()
+        if self.proxy.failover is not None:
+            await self.proxy.failover.close()
         await self.credentials.stop()
         if self._tls_watch is not None:
             self._tls_watch.cancel()
@@ -205,13 +207,13 @@ def make_app(
     registry: CollectorRegistry,
     credentials: CredentialSource | None = None,
     logger: structlog.typing.FilteringBoundLogger | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> Gateway:
-    """The gateway for ``config``, its metrics on ``registry``.
+    """The gateway for ``config``, its metrics on ``registry``; ``clock`` times the failover
+    circuit breakers, the callers' token buckets and the age of fetched token keys.
 
     ``credentials`` defaults to botocore's chain, refreshed in the background while it runs.
-    ``clock`` times the callers' token buckets and the age of fetched token keys. Raises
-    ConfigError when a TLS, policy or JWKS file does not load.
+    Raises ConfigError when a TLS, policy or JWKS file does not load.
     """
     logger = logger or structlog.get_logger("gateway")
     credentials = credentials or CredentialSource(
@@ -242,7 +244,9 @@ def make_app(
         connect_timeout_s=config.connect_timeout_s,
     )
     operations = load_operations()
-    proxy = Proxy(config, operations, credentials, upstream, metrics, logger, state, tenancy)
+    proxy = Proxy(
+        config, operations, credentials, upstream, metrics, logger, state, tenancy, clock=clock
+    )
     document = document_bytes(config, operations)
     return Gateway(config, proxy, credentials, metrics, state, document, tls, reloads)
 

@@ -55,6 +55,15 @@ class Config:
     inference_component_label: bool = False
     max_endpoint_labels: int = 500
     workers: int = 1
+    #: Per endpoint name or glob, in order: where a request goes when its endpoint cannot take
+    #: it ("endpoint" in this Region, "REGION/endpoint" in another). First match wins.
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Runtime URLs of other Regions, overriding https://runtime.sagemaker.REGION.amazonaws.com.
+    region_urls: tuple[tuple[str, str], ...] = ()
+    circuit_failures: int = 5
+    circuit_cooldown_s: float = 30.0
+    failover_header: bool = False
+
     # Callers (DESIGN section 8): all off by default.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -120,6 +129,44 @@ def _endpoint_patterns(text: str) -> tuple[str, ...]:
                 f"must be endpoint names or glob patterns separated by commas; got {pattern!r}"
             )
     return patterns
+
+
+_ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+
+
+def _target(text: str) -> str:
+    region, _, endpoint = text.rpartition("/")
+    if region and not _REGION.fullmatch(region):
+        raise ValueError(f"must name targets as endpoint or REGION/endpoint; got {text!r}")
+    if not _ENDPOINT_NAME.fullmatch(endpoint):
+        raise ValueError(f"must name targets by valid endpoint names; got {text!r}")
+    return text
+
+
+def _fallbacks(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``pattern=target,target;pattern=target`` (a TOML table arrives in this form)."""
+    rules = []
+    for rule in (part.strip() for part in text.split(";")):
+        if not rule:
+            continue
+        pattern, equals, targets = rule.partition("=")
+        names = tuple(_target(name.strip()) for name in targets.split(",") if name.strip())
+        if not equals or not names or len(_endpoint_patterns(pattern)) != 1:
+            raise ValueError(f"must be pattern=target,target;...; got {rule!r}")
+        rules.append((pattern.strip(), names))
+    return tuple(rules)
+
+
+def _region_urls(text: str) -> tuple[tuple[str, str], ...]:
+    """``region=url,region=url`` (a TOML table arrives with ``;`` between pairs)."""
+    pairs = []
+    for pair in (part.strip() for part in re.split("[,;]", text)):
+        if pair:
+            region, equals, url = pair.partition("=")
+            if not equals:
+                raise ValueError(f"must be region=url pairs separated by commas; got {pair!r}")
+            pairs.append((_region(region.strip()), _url(url.strip())))
+    return tuple(pairs)
 
 
 def _positive_int(text: str) -> int:
@@ -347,6 +394,36 @@ OPTIONS = (
         _non_negative_int,
         "retries of a connection failure or throttling, within the deadline and a retry budget",
     ),
+    Option(
+        "fallbacks",
+        "fallbacks",
+        _fallbacks,
+        "per endpoint or glob, targets tried in order when nothing can have run (README)",
+    ),
+    Option(
+        "region_urls",
+        "region_urls",
+        _region_urls,
+        "region=url pairs: runtime URLs of fallback Regions instead of their public ones",
+    ),
+    Option(
+        "circuit_failures",
+        "circuit_failures",
+        _positive_int,
+        "consecutive failures (connect, 503, not ready, throttled) that open a target's circuit",
+    ),
+    Option(
+        "circuit_cooldown",
+        "circuit_cooldown_s",
+        _positive_float,
+        "seconds an open circuit is skipped before one request probes the target again",
+    ),
+    Option(
+        "failover_header",
+        "failover_header",
+        _boolean,
+        "add x-smgw-target (the target that answered) to answers of endpoints with fallbacks",
+    ),
     Option("tls_cert_file", "tls_cert_file", _path, "PEM certificate chain: serve TLS (off: HTTP)"),
     Option("tls_key_file", "tls_key_file", _path, "PEM private key of tls_cert_file"),
     Option(
@@ -429,6 +506,8 @@ def load_config(
                 continue
             if isinstance(raw, list):  # a TOML array, for the options that take several values
                 raw = ",".join(str(item) for item in raw)
+            elif isinstance(raw, dict):  # a TOML table: fallbacks, region_urls
+                raw = _table_text(raw)
             try:
                 values[option.attr] = option.parse(str(raw))
             except ValueError as exc:
@@ -446,6 +525,14 @@ def load_config(
     if path and "policy_file" not in values and "policy" in data:
         values["policy_file"] = path  # the [policy] table of the config file itself
     return Config(**values)
+
+
+def _table_text(table: dict[str, Any]) -> str:
+    """A TOML table in its options' text form: ``key=a,b;key=c``."""
+    return ";".join(
+        f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
+        for key, value in table.items()
+    )
 
 
 def _check_callers(values: dict[str, Any]) -> None:

@@ -69,6 +69,8 @@ def access_fields(outcome: Outcome) -> dict[str, Any]:
         "request_id": outcome.request_id,
         "upstream_request_id": outcome.upstream_request_id,
         "endpoint": outcome.endpoint,
+        # The target that answered: the endpoint itself unless a fallback took the request.
+        "target": outcome.target or outcome.endpoint,
         "variant": outcome.variant,
         "operation": outcome.operation,
         "status": outcome.status,

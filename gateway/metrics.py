@@ -138,6 +138,8 @@ class Outcome:
     inference_component: str = ""
     #: time.perf_counter() when the request arrived (its head read).
     arrived_at: float = 0.0
+    #: With fallbacks: the target that answered ("name" or "REGION/name"); "" without.
+    target: str = ""
     #: For a response stream that began (a 200 to InvokeEndpointWithResponseStream).
     stream: StreamFigures | None = None
     #: The caller's label (a policy name, "_anonymous" or "_other"; with a policy only) and
@@ -282,6 +284,7 @@ class Metrics:
             (*per_stream, "outcome", "error_code"),
             registry=registry,
         )
+        self._add_failover_families(registry)
         # A gauge rather than an Info: Info has no multiprocess mode.
         Gauge(
             PREFIX + "build_info",
@@ -347,6 +350,49 @@ class Metrics:
         counter.inc()
         if stream.largest_gap_s is not None:
             self.stream_largest_gap.labels(*labels).observe(stream.largest_gap_s)
+
+    def _add_failover_families(self, registry: CollectorRegistry) -> None:
+        """Failover (gateway.failover): its target labels are the configured targets and the
+        endpoints they serve, so the config bounds them."""
+        self.fallbacks = Counter(
+            PREFIX + "fallbacks",
+            "Requests moved on from a target (the one left) to the next, by why",
+            ("endpoint", "target", "reason"),
+            registry=registry,
+        )
+        self.target_answers = Counter(
+            PREFIX + "target_answers",
+            "Answers to requests for endpoints with fallbacks, by the target that answered",
+            ("endpoint", "target"),
+            registry=registry,
+        )
+        self.circuit_open = Gauge(
+            PREFIX + "circuit_open",
+            "1 while a failover target's circuit is open or half-open (probing), else 0",
+            ("target",),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.circuit_transitions = Counter(
+            PREFIX + "circuit_transitions",
+            "Circuit breaker changes of state, by the state entered",
+            ("target", "state"),
+            registry=registry,
+        )
+
+    def fallback(self, endpoint: str, target: str, reason: str) -> None:
+        """Count a request moved on from ``target`` for ``reason``."""
+        self.fallbacks.labels(self.endpoint_label(endpoint), target, reason).inc()
+
+    def answered_by(self, endpoint: str, target: str) -> None:
+        """Count an answer from ``target`` to a request for ``endpoint`` (one with fallbacks)."""
+        self.target_answers.labels(self.endpoint_label(endpoint), target).inc()
+
+    def circuit_changed(self, target: str, state: str, *, transition: bool = True) -> None:
+        """A breaker entered ``state`` ("closed", "open", "half_open")."""
+        self.circuit_open.labels(target).set(0 if state == "closed" else 1)
+        if transition:
+            self.circuit_transitions.labels(target, state).inc()
 
     def reject(self, reason: str) -> None:
         """Count a request refused before forwarding."""

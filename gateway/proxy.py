@@ -11,7 +11,7 @@ import contextlib
 import fnmatch
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from gateway.errors import (
     error_answer,
     new_request_id,
 )
+from gateway.failover import Clock, Failover, Route, Upstream
 from gateway.headers import response_header_names, select_request_headers, select_response_headers
 from gateway.http.body import BodyBroken, BodyTimedOut, BodyTooLarge
 from gateway.http.client import UpstreamError, UpstreamPool, UpstreamResponse
@@ -58,6 +59,8 @@ VARIANT_HEADER_LOWER = VARIANT_HEADER.lower()
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
 COMPONENT_HEADER = "x-amzn-sagemaker-inference-component"
 STREAM_SUFFIX = "invocations-response-stream"
+#: Names the target that answered, only with failover_header on (SDKs must see no difference).
+TARGET_HEADER = "x-smgw-target"
 #: Error bodies are read whole (to recognise a model timeout); this bounds what we hold.
 MAX_ERROR_BODY_BYTES = 1 << 20
 
@@ -83,7 +86,10 @@ class Proxy:
         logger: structlog.typing.FilteringBoundLogger,
         state: GatewayState,
         tenancy: Tenancy | None = None,
+        *,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """``clock`` times the failover circuit breakers (tests move one by hand)."""
         self.config = config
         self.operations = operations
         self.credentials = credentials
@@ -96,6 +102,13 @@ class Proxy:
         self.signer = Signer(config.region, "sagemaker")
         self.retry_budget = RetryBudget()
         self._host = config.upstream_host
+        self._home = Upstream(self.signer, self._host, upstream)
+        #: None without fallbacks: then no request does any failover work.
+        self.failover = (
+            Failover(config, self._home, metrics, self.retry_budget, clock)
+            if config.fallbacks
+            else None
+        )
         self._response_headers = {
             suffix: response_header_names(op) for suffix, op in operations.items()
         }
@@ -248,7 +261,11 @@ class Proxy:
         self.retry_budget.record_request()
         try:
             async with asyncio.timeout(self.config.upstream_timeout_s) as deadline:
-                up = await self._send(path, headers, body, deadline)
+                chain = self.failover.chain(outcome.endpoint) if self.failover else None
+                if chain is None:
+                    up = await self._send(self._home, path, headers, body, deadline)
+                else:
+                    up = await self._fail_over(chain, suffix, headers, body, outcome, deadline)
                 async with up:
                     outcome.status = up.status
                     outcome.error = _error_type(up.header("x-amzn-errortype") or "")
@@ -257,6 +274,8 @@ class Proxy:
                         outcome.variant, outcome.variant_confirmed = confirmed_variant, True
                     outcome.upstream_request_id = up.header("x-amzn-requestid")
                     back = select_response_headers(self._response_headers[suffix], up.headers)
+                    if outcome.target and self.config.failover_header:
+                        back.append((TARGET_HEADER, outcome.target))
                     if suffix == STREAM_SUFFIX and up.status < 300:
                         response.start(up.status, back, up.content_length)
                         await self._relay_stream(up, response, outcome, deadline)
@@ -297,15 +316,36 @@ class Proxy:
         finally:
             outcome.upstream_duration_s = time.perf_counter() - sent
 
+    async def _fail_over(
+        self,
+        chain: tuple[Route, ...],
+        suffix: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        outcome: Outcome,
+        deadline: asyncio.Timeout,
+    ) -> UpstreamResponse:
+        """Send along the endpoint's targets (gateway.failover); note the one that answered."""
+        assert self.failover is not None
+
+        def send_one(upstream: Upstream, path: str) -> Awaitable[UpstreamResponse]:
+            return self._send(upstream, path, headers, body, deadline)
+
+        route, up = await self.failover.send(chain, outcome.endpoint, suffix, send_one)
+        outcome.target = route.label
+        self.metrics.answered_by(outcome.endpoint, route.label)
+        return up
+
     async def _send(
         self,
+        upstream: Upstream,
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
         deadline: asyncio.Timeout,
     ) -> UpstreamResponse:
-        """POST the signed request; retry a failed connect or throttling while budget and
-        deadline allow (a retry that could not finish in time is not started)."""
+        """POST the signed request to ``upstream``; retry a failed connect or throttling while
+        budget and deadline allow (a retry that could not finish in time is not started)."""
         loop = asyncio.get_running_loop()
         retries = 0
         while True:
@@ -315,14 +355,15 @@ class Proxy:
                     "The gateway's AWS credentials expired; nothing was forwarded",
                     reason="no_credentials",
                 )
-            signed = self.signer.sign(credentials, None, "POST", self._host, path, headers, body)
+            signer, host = upstream.signer, upstream.host
+            signed = signer.sign(credentials, None, "POST", host, path, headers, body)
             delay_s = backoff_s(retries + 1)
             deadline_at = deadline.when()
             can_retry = retries < self.config.max_retries and (
                 deadline_at is None or loop.time() + delay_s < deadline_at
             )
             try:
-                up = await self.upstream.request("POST", path, signed, body)
+                up = await upstream.pool.request("POST", path, signed, body)
             except UpstreamError as exc:
                 if not (can_retry and is_connect_failure(exc) and self.retry_budget.try_spend()):
                     raise

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -62,12 +63,13 @@ class RunningEmulator:
         return URL(f"http://{self.host}:{self.port}{path}")
 
 
-async def start_emulator(settings: EmulatorSettings) -> RunningEmulator:
-    """Start an emulator; aiohttp's test server listens with a backlog of 128, too few for
-    300 simultaneous upstream connections, so this one is started by hand."""
+async def start_emulator(settings: EmulatorSettings, port: int = 0) -> RunningEmulator:
+    """Start an emulator (on ``port``, else a free one); aiohttp's test server listens with a
+    backlog of 128, too few for 300 simultaneous upstream connections, so this one is started
+    by hand."""
     runner = web.AppRunner(make_emulator_app(settings), handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=2048)
     await site.start()
     return RunningEmulator(runner, runner.addresses[0][1])
 
@@ -128,8 +130,8 @@ class RunningGateway:
 
 @pytest.fixture
 async def start_gateway(registry, gateway_credentials, gateway_config):
-    """Start a gateway on a free port; keyword arguments override its Config (``clock``: the
-    one its callers' token buckets and token keys' age are timed by).
+    """Start a gateway on a free port; keyword arguments override its Config (``clock``: what
+    its circuit breakers, callers' token buckets and token keys' age are timed by).
 
     The first gateway a test starts records into the ``registry`` fixture; any further one gets
     a registry of its own.
@@ -138,13 +140,12 @@ async def start_gateway(registry, gateway_credentials, gateway_config):
     started: list[GatewayServer] = []
 
     async def start(
-        credentials: CredentialSource | None = None, clock=None, **overrides
+        credentials: CredentialSource | None = None, clock=time.monotonic, **overrides
     ) -> RunningGateway:
         config = replace(gateway_config, **overrides)
         source = credentials or CredentialSource.static(gateway_credentials)
         own_registry = registries.pop() if registries else CollectorRegistry()
-        clocked = {"clock": clock} if clock is not None else {}
-        app = make_app(config, registry=own_registry, credentials=source, **clocked)
+        app = make_app(config, registry=own_registry, credentials=source, clock=clock)
         server = GatewayServer(app, config)
         await server.start()
         started.append(server)

@@ -141,7 +141,7 @@ async def test_response_stream_parts_arrive_in_order_as_they_are_produced(
     assert headers["invoked_production_variant"] == "AllTraffic"
     assert headers["custom_attributes"] == "trace=go-stream"
 
-    assert [part["event"] for part in parts] == ["part"] * STREAM_PARTS
+    assert [part["event"] for part in parts] == ["part"] * STREAM_PARTS, lines
     assert [part["index"] for part in parts] == list(range(STREAM_PARTS))
     assert "".join(part["bytes"] for part in parts).encode() == STREAM_BODY
     arrivals = [part["at_ms"] for part in parts]
@@ -165,7 +165,7 @@ async def test_a_stream_that_breaks_ends_with_the_typed_model_stream_error(
     headers, *parts, end = lines
     assert headers.get("error") is None, headers
     assert headers["status"] == 200
-    assert "".join(part["bytes"] for part in parts).encode() == STREAM_BODY
+    assert "".join(part["bytes"] for part in parts).encode() == STREAM_BODY, lines
     assert len(parts) == 2
     assert end["event"] == "end"
     assert end["error_type"] == "ModelStreamError", end

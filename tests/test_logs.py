@@ -22,8 +22,8 @@ from tests.conftest import ACCESS_KEY, SECRET_KEY
 
 #: The fields of every access line for a request whose endpoint name was valid.
 ACCESS_FIELDS = {
-    "request_id", "upstream_request_id", "endpoint", "variant", "operation", "status", "error",
-    "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
+    "request_id", "upstream_request_id", "endpoint", "target", "variant", "operation", "status",
+    "error", "duration_ms", "upstream_ms", "request_bytes", "response_bytes", "model_timeout",
 }  # fmt: skip
 #: What the access line of a response stream adds.
 STREAM_FIELDS = {"first_part_ms", "parts", "largest_gap_ms", "stream_outcome", "stream_error_code"}
@@ -210,7 +210,7 @@ def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout
     del access["timestamp"]
     assert access == {
         "event": "request", "level": "info", "request_id": "r-1", "upstream_request_id": None,
-        "endpoint": "echo",
+        "endpoint": "echo", "target": "echo",
         "variant": "VariantA", "operation": "InvokeEndpoint", "status": 424,
         "error": "ModelError", "duration_ms": 12.346, "upstream_ms": 10.0, "request_bytes": 10,
         "response_bytes": 812, "model_timeout": True,

@@ -172,6 +172,10 @@ def live_gateway(tmp_path_factory) -> Iterator[Gateway]:
             upstream_timeout_s=1.0,
             connect_timeout_s=1.0,
             max_retries=0,  # one throttled answer is one ThrottlingException, at once
+            # not-ready (429 ModelNotReadyException) fails over to echo; its circuit opens at
+            # the third call, and the fourth skips it.
+            fallbacks=(("not-ready", ("echo",)),),
+            circuit_failures=3,
             drain_timeout_s=1.0,
             policy_file=str(policy),
         )
@@ -354,19 +358,21 @@ def scraped(live_gateway, prometheus) -> Prometheus:
 
     Two rounds, so that every counter has grown between two scrapes and rates are not zero.
     In all: 6 calls to ``variants`` (3 per variant), 3 model timeouts, 2 throttled calls, 2 answers
-    503, 1 gateway timeout, 4 oversized headers and 1 bad endpoint name (5 rejections); and
+    503, 1 gateway timeout, 4 oversized headers and 1 bad endpoint name (5 rejections); 4 calls
+    to ``not-ready`` that echo answers (3 after a 429, 1 with the circuit open); and
     response streams: 3 paced ones that complete and 2 that end in a ModelStreamError.
     """
     second_round = [
         ("variants", None), ("variants", None), ("variants", None), ("variants", None),
         ("model-timeout", None), ("model-timeout", None), ("throttle", None), ("hang", None),
-        ("unavailable", None),
+        ("unavailable", None), ("not-ready", None), ("not-ready", None),
         ("echo", OVERSIZED_ATTRIBUTES), ("echo", OVERSIZED_ATTRIBUTES),
         ("echo", OVERSIZED_ATTRIBUTES),
     ]  # fmt: skip
     first_round = [
         ("variants", None), ("variants", None), ("model-timeout", None), ("throttle", None),
         ("unavailable", None), ("echo", OVERSIZED_ATTRIBUTES), (BAD_ENDPOINT, None),
+        ("not-ready", None), ("not-ready", None),
     ]  # fmt: skip
     prometheus.wait_until(
         lambda: prometheus.scalar(f'up{{job="{JOB}", pod="{SIDECAR_POD["pod"]}"}}') == 1,
@@ -573,7 +579,11 @@ def test_alerts_become_pending_on_the_matching_real_series(scraped):
         ("SageMakerClientErrors", "echo"),
         ("SageMakerStreamErrors", FAILING_STREAM),
         ("SageMakerGatewayDown", "sagemaker-gateway-5c6d"),
+        ("SageMakerFailingOver", "not-ready"),
     } <= alerts
+    circuits = {a["labels"].get("target") for a in scraped.api("alerts")["alerts"]
+                if a["labels"]["alertname"] == "SageMakerCircuitOpen"}  # fmt: skip
+    assert circuits == {"not-ready"}
     assert ("SageMakerStreamErrors", PACED_STREAM) not in alerts
     assert ("SageMakerGatewayDown", SIDECAR_POD["pod"]) not in alerts
     assert not any(name == "SageMakerGatewayAbsent" for name, _ in alerts)
@@ -629,6 +639,23 @@ def test_the_dashboard_charts_every_metric_family(live_gateway):
 # ---------------------------------------------------------------------------------------------
 # promtool
 # ---------------------------------------------------------------------------------------------
+
+
+def test_fallbacks_and_the_answering_target_reach_prometheus(scraped):
+    """Three not-ready calls moved on for not_ready and one for its open circuit; echo
+    answered all four; the recorded fallback ratio is there, and above the alert's tenth."""
+    moved = scraped.values(
+        f'sagemaker_gateway_fallbacks_total{{job="{JOB}", endpoint="not-ready"}}', "reason"
+    )
+    assert moved == {"not_ready": 3, "circuit_open": 1}
+    answered = scraped.values(
+        f'sagemaker_gateway_target_answers_total{{job="{JOB}", endpoint="not-ready"}}', "target"
+    )
+    assert answered == {"echo": 4}
+    ratio = scraped.scalar(
+        'endpoint:sagemaker_gateway_fallbacks:ratio_rate5m{endpoint="not-ready"}'
+    )
+    assert ratio is not None and ratio > 0.1
 
 
 def test_promtool_check_metrics_accepts_the_exposition(tools, live_gateway, scraped):

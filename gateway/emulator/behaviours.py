@@ -24,6 +24,7 @@ says which of InvokeEndpoint (I), InvokeEndpointWithResponseStream (S) and Invok
 | ``model-timeout``           | I S   | 424 ``ModelError`` after ``model_timeout_s``, status 0 |
 | ``throttle``                | I S A | 400 ``ThrottlingException``, body ``{"message": null}`` |
 | ``unavailable``             | I S A | 503 ``ServiceUnavailable``                            |
+| ``not-ready``               | I S A | 429 ``ModelNotReadyException`` (still loading)        |
 | ``reset``                   | I S A | reads the request, then a TCP reset (RST), no answer  |
 | ``hang``                    | I S A | no answer, ever                                       |
 | any other valid name        | I S A | 400 ``ValidationError`` ``Endpoint <name> of account``|
@@ -121,6 +122,12 @@ _SLOW = re.compile(r"slow-(\d{1,9})")
 MODEL_FAILURE_STATUS = 500
 MODEL_FAILURE_MESSAGE = "Emulated model failure: the container answered HTTP 500."
 UNAVAILABLE_MESSAGE = "The service is unavailable. Try your call again."
+# The API reference's description of ModelNotReadyException.
+NOT_READY_MESSAGE = (
+    "Either a serverless endpoint variant's resources are still being provisioned, or a "
+    "multi-model endpoint is still downloading or loading the target model. Wait and try your "
+    "request again."
+)
 # The service's body for an inference-component endpoint called without a component, as a
 # user's client printed it in full.
 INFERENCE_COMPONENT_NAME_MISSING = "INFERENCE_COMPONENT_NAME_MISSING"
@@ -262,6 +269,11 @@ async def unavailable(call: Invocation) -> web.StreamResponse:
     raise EmulatorError(503, SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE)
 
 
+async def not_ready(call: Invocation) -> web.StreamResponse:
+    """429 ModelNotReadyException: the model is still being provisioned or loaded."""
+    raise EmulatorError(429, "ModelNotReadyException", NOT_READY_MESSAGE)
+
+
 async def reset(call: Invocation) -> web.StreamResponse:
     """Reset the connection without answering; the client sees a reset or a disconnect."""
     reset_connection(call)
@@ -285,6 +297,7 @@ _BY_NAME: Mapping[str, Endpoint] = {
     "model-timeout": Endpoint(model_timeout, SYNCHRONOUS),
     "throttle": Endpoint(throttle, EVERY_OPERATION),
     "unavailable": Endpoint(unavailable, EVERY_OPERATION),
+    "not-ready": Endpoint(not_ready, EVERY_OPERATION),
     "reset": Endpoint(reset, EVERY_OPERATION),
     "hang": Endpoint(hang, EVERY_OPERATION),
 }

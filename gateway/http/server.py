@@ -425,8 +425,8 @@ class ServerConnection(asyncio.Protocol):
         self._deadline.set(self._head_timeout_s, self._head_expired)
 
     def data_received(self, data: bytes) -> None:
-        pieces: list[bytes | memoryview] = [data]
-        while pieces:
+        pieces = self._parse(data)
+        while pieces:  # only after an ignored upgrade: its head again, then the rest
             pieces = self._parse(pieces[0]) + pieces[1:]
 
     def eof_received(self) -> None:
@@ -439,15 +439,15 @@ class ServerConnection(asyncio.Protocol):
         if self._transport is not None and self._transport.get_write_buffer_size():
             self._deadline.set(self._keepalive_timeout_s, self.abort)
 
-    def _parse(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+    def _parse(self, data: bytes | memoryview) -> tuple[bytes | memoryview, ...]:
         """Feed one read to the parser. Returns what to feed next: after an ignored upgrade,
         its head rebuilt without the Upgrade fields and the rest of the read; else nothing."""
         phase = self.phase
         if phase is Phase.LINGERING:
             self._linger_drop(len(data))
-            return []
+            return ()
         if phase is Phase.CLOSED or self._parse_stopped:
-            return []
+            return ()
         if phase is Phase.IDLE:  # the first bytes of a new head: its deadline starts now
             self.phase = Phase.HEAD
             self._deadline.set(self._head_timeout_s, self._head_expired)
@@ -465,12 +465,12 @@ class ServerConnection(asyncio.Protocol):
             else:  # a bug of ours: the connection is in no known state
                 self._log.error("connection_error", error=repr(cause))
                 self.abort()
-            return []
+            return ()
         except httptools.HttpParserError as exc:
             self._refuse(HttpError(str(exc)))
-            return []
+            return ()
         if self._began:
-            return []
+            return ()
         # What the parser holds unparsed is bounded: a head still arriving, or the framing
         # around a chunked body. Counted from the reads after the one they began in.
         head = self._head
@@ -483,7 +483,7 @@ class ServerConnection(asyncio.Protocol):
             parsing.framing += len(data) - (body.received - received)
             if parsing.framing > MAX_FRAMING_BYTES + body.received // 2:
                 self._refuse(HttpError(_FRAMING_REFUSED))
-        return []
+        return ()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()
@@ -701,18 +701,18 @@ class ServerConnection(asyncio.Protocol):
         response.flush()
         self._close(linger=True)
 
-    def _upgrade_ignored(self, rest: memoryview) -> list[bytes | memoryview]:
+    def _upgrade_ignored(self, rest: memoryview) -> tuple[bytes | memoryview, ...]:
         """The parser stopped at a head asking for an upgrade: unless it was CONNECT (a
         tunnel: read no further), that head is parsed again without its Upgrade fields, by a
         new parser, then what followed it (the caller feeds both)."""
         head, self._reparse = self._reparse, None
         if head is None:
-            return []
+            return ()
         self._parser = httptools.HttpRequestParser(self)
         self._head = self._parsing = None
         if self.phase is Phase.HEAD:
             self.phase = Phase.IDLE
-        return [head, rest]
+        return (head, rest)
 
     def _send_continue(self) -> None:
         self.write(_CONTINUE)
