@@ -144,6 +144,16 @@ class Phase(enum.Enum):
     CLOSED = enum.auto()
 
 
+# The phases as module names: in Python 3.11 a global costs a tenth of an enum member's
+# attribute lookup, and the protocol compares its phase a few dozen times a request.
+IDLE = Phase.IDLE
+HEAD = Phase.HEAD
+ANSWERING = Phase.ANSWERING
+WAITING = Phase.WAITING
+LINGERING = Phase.LINGERING
+CLOSED = Phase.CLOSED
+
+
 class Request:
     """A request whose head has arrived: method, raw target, headers and the body to come."""
 
@@ -345,7 +355,7 @@ class ServerConnection(asyncio.Protocol):
         self._deadline = Deadline(clock or self._loop)
         self._transport: asyncio.Transport | None = None
         self._peer: Any = None
-        self.phase = Phase.IDLE
+        self.phase = IDLE
         # httptools looks its callbacks up on this object once, here.
         self._parser = httptools.HttpRequestParser(self)
         #: The head being parsed, if one is.
@@ -374,12 +384,12 @@ class ServerConnection(asyncio.Protocol):
     # --- used by responses, bodies and the registry
 
     def write(self, data: bytes) -> None:
-        if self._transport is not None and self.phase is not Phase.CLOSED:
+        if self._transport is not None and self.phase is not CLOSED:
             self._transport.write(data)
 
     async def drain(self) -> None:
         """Wait until the caller has taken what is buffered for it (or has gone)."""
-        if self.write_paused and self.phase is not Phase.CLOSED:
+        if self.write_paused and self.phase is not CLOSED:
             self._drain_waiter = self._loop.create_future()
             try:
                 await self._drain_waiter
@@ -397,20 +407,20 @@ class ServerConnection(asyncio.Protocol):
 
     def body_taken(self) -> None:
         """The handler took (or wants) the body: read on, unless requests wait their turn."""
-        if not self._queue and self.phase is not Phase.WAITING and not self._parse_stopped:
+        if not self._queue and self.phase is not WAITING and not self._parse_stopped:
             self._resume_reading()
 
     def abort(self) -> None:
-        self.phase = Phase.CLOSED
+        self.phase = CLOSED
         if self._transport is not None:
             self._transport.abort()
 
     def close_when_idle(self) -> None:
         """Close now if between requests; otherwise once the request under way is answered."""
-        if self.phase in (Phase.CLOSED, Phase.LINGERING):  # closing already
+        if self.phase in (CLOSED, LINGERING):  # closing already
             return
         self._close_after = True
-        if self.phase is Phase.IDLE or (self.phase is Phase.HEAD and self._head is None):
+        if self.phase is IDLE or (self.phase is HEAD and self._head is None):
             self._close()  # (a read of nothing but blank lines begins no head)
 
     # --- asyncio.Protocol
@@ -433,7 +443,7 @@ class ServerConnection(asyncio.Protocol):
         """The caller closed its sending side: taken as gone (see the module's docstring).
         Returning None closes the transport once what is written has gone; an answer the
         caller does not take is cut after keepalive_timeout, as on any close."""
-        if self.phase is Phase.LINGERING:
+        if self.phase is LINGERING:
             return
         self._gone()
         if self._transport is not None and self._transport.get_write_buffer_size():
@@ -443,13 +453,13 @@ class ServerConnection(asyncio.Protocol):
         """Feed one read to the parser. Returns what to feed next: after an ignored upgrade,
         its head rebuilt without the Upgrade fields and the rest of the read; else nothing."""
         phase = self.phase
-        if phase is Phase.LINGERING:
+        if phase is LINGERING:
             self._linger_drop(len(data))
             return ()
-        if phase is Phase.CLOSED or self._parse_stopped:
+        if phase is CLOSED or self._parse_stopped:
             return ()
-        if phase is Phase.IDLE:  # the first bytes of a new head: its deadline starts now
-            self.phase = Phase.HEAD
+        if phase is IDLE:  # the first bytes of a new head: its deadline starts now
+            self.phase = HEAD
             self._deadline.set(self._head_timeout_s, self._head_expired)
         parsing = self._parsing
         received = parsing.body.received if parsing is not None else 0
@@ -501,7 +511,7 @@ class ServerConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self.phase is Phase.WAITING:
+        if self.phase is WAITING:
             self._next()
 
     # --- httptools callbacks
@@ -581,7 +591,7 @@ class ServerConnection(asyncio.Protocol):
             content_length,
             self._peer,
         )
-        if self.phase in (Phase.IDLE, Phase.HEAD):
+        if self.phase in (IDLE, HEAD):
             self._begin(request)
         else:  # pipelined: answered in turn; read no further until then
             if len(self._queue) >= MAX_PIPELINED:
@@ -611,7 +621,7 @@ class ServerConnection(asyncio.Protocol):
     # --- requests
 
     def _begin(self, request: Request) -> None:
-        self.phase = Phase.ANSWERING
+        self.phase = ANSWERING
         self._deadline.clear()
         self._active = request
         # On the loop's next turn, so that a close that came with the request is seen first
@@ -619,7 +629,7 @@ class ServerConnection(asyncio.Protocol):
         self._loop.call_soon(self._start, request)
 
     def _start(self, request: Request) -> None:
-        if self._active is request and self.phase is Phase.ANSWERING:
+        if self._active is request and self.phase is ANSWERING:
             self._task = self._loop.create_task(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
@@ -641,14 +651,14 @@ class ServerConnection(asyncio.Protocol):
 
     def _answered(self, request: Request) -> None:
         self._active = self._task = None
-        if self.phase is Phase.CLOSED:
+        if self.phase is CLOSED:
             return
         if self.closes_after(request):
             self._close(linger=self._input_pending())
         elif self.write_paused:
             # The caller has not taken this answer yet: nothing more is read or answered
             # until it does, and it has keepalive_timeout to start.
-            self.phase = Phase.WAITING
+            self.phase = WAITING
             self._pause_reading()
             self._deadline.set(self._keepalive_timeout_s, self.abort)
         else:
@@ -667,10 +677,10 @@ class ServerConnection(asyncio.Protocol):
         else:
             self._resume_reading()
             if self._head is not None:  # the next head began while this one was answered
-                self.phase = Phase.HEAD
+                self.phase = HEAD
                 self._deadline.set(self._head_timeout_s, self._head_expired)
             else:
-                self.phase = Phase.IDLE
+                self.phase = IDLE
                 self._deadline.set(self._keepalive_timeout_s, self._close)
 
     def _refuse(self, error: HttpError) -> None:
@@ -687,7 +697,7 @@ class ServerConnection(asyncio.Protocol):
             return
         if parsing is not None:  # queued, last: the refusal is its answer
             self._queue.remove(parsing)
-        if self.phase in (Phase.IDLE, Phase.HEAD):
+        if self.phase in (IDLE, HEAD):
             self._answer_refusal(error)
         else:
             self._refusal = error
@@ -710,8 +720,8 @@ class ServerConnection(asyncio.Protocol):
             return ()
         self._parser = httptools.HttpRequestParser(self)
         self._head = self._parsing = None
-        if self.phase is Phase.HEAD:
-            self.phase = Phase.IDLE
+        if self.phase is HEAD:
+            self.phase = IDLE
         return (head, rest)
 
     def _send_continue(self) -> None:
@@ -719,7 +729,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _gone(self) -> None:
         """The caller is gone: so is the reason to finish its request."""
-        self.phase = Phase.CLOSED
+        self.phase = CLOSED
         self._active = None
         if self._task is not None:
             self._task.cancel()
@@ -732,16 +742,16 @@ class ServerConnection(asyncio.Protocol):
         closing, so that unread bytes do not make the kernel reset the answer away."""
         transport = self._transport
         if transport is None:
-            self.phase = Phase.CLOSED
+            self.phase = CLOSED
             return
         if linger and transport.can_write_eof():
             transport.write_eof()  # after the answer, a FIN: the caller knows it is over
-            self.phase = Phase.LINGERING
+            self.phase = LINGERING
             self._reading_paused = False
             transport.resume_reading()
             self._deadline.set(LINGER_S, self._end_linger)
             return
-        self.phase = Phase.CLOSED
+        self.phase = CLOSED
         transport.close()
         if transport.get_write_buffer_size():
             # The close waits for the answer to be taken: a caller that stops reading gets
@@ -765,7 +775,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _end_linger(self) -> None:
         """Close a lingering connection: cut it if its caller has not taken the answer yet."""
-        self.phase = Phase.CLOSED
+        self.phase = CLOSED
         transport = self._transport
         if transport is not None:
             if transport.get_write_buffer_size():
@@ -774,7 +784,7 @@ class ServerConnection(asyncio.Protocol):
                 transport.close()
 
     def _head_expired(self) -> None:
-        if self.phase in (Phase.IDLE, Phase.HEAD):
+        if self.phase in (IDLE, HEAD):
             self._on_reject("head_timeout")
             self._close()
 
@@ -784,7 +794,7 @@ class ServerConnection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None and self.phase is not Phase.CLOSED:
+        if self._reading_paused and self._transport is not None and self.phase is not CLOSED:
             self._reading_paused = False
             self._transport.resume_reading()
 
