@@ -39,7 +39,8 @@ P = "sagemaker_gateway_"
 
 
 class ManualClock:
-    """A clock that moves only when told: token buckets and key ages see no real time pass."""
+    """A clock that moves only when told: token buckets, key ages and circuit breakers see no
+    real time pass (the ``clock`` fixture)."""
 
     def __init__(self) -> None:
         self.now = 1000.0

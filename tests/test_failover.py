@@ -15,23 +15,11 @@ from gateway.config import ConfigError, load_config
 from gateway.emulator import JOURNAL, EmulatorSettings
 from gateway.failover import CircuitBreaker, CircuitState
 from tests.conftest import ACCESS_KEY, MODEL_TIMEOUT_S, REGION, SECRET_KEY, start_emulator
+from tests.tenancy_support import ManualClock
 
 SECONDARY_REGION = "us-west-2"
 ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 STREAM = "invocations-response-stream"
-
-
-class ManualClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 def settings(region: str) -> EmulatorSettings:
@@ -58,11 +46,6 @@ async def secondary():
     yield server
     await server.runner.cleanup()
     assert_signed_for_its_region(server)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture
