@@ -28,7 +28,11 @@ What is refused, and why (each is answered, then the connection closes):
 What is tolerated: an ``Upgrade`` (h2c, which Java's HttpClient and ``curl --http2`` send on
 every plain-http call; WebSocket) is ignored and the request answered in HTTP/1.1 as if the
 field were absent (RFC 9110 7.8); field values lose the whitespace around them, which is not
-part of them (RFC 9110 5.5); obs-text (bytes 0x80-0xFF) passes in field values (RFC 9110 5.5).
+part of them (RFC 9110 5.5), though llhttp refuses a Transfer-Encoding with a trailing tab before
+that; obs-text (bytes 0x80-0xFF) passes in field values (RFC 9110 5.5); line ends before a
+request line are skipped (RFC 9112 2.2), and runs of spaces between its parts read as one
+(RFC 9112 3 allows both; neither can change which requests are forwarded, since the gateway
+forwards its own serialization of each).
 CONNECT is handed to the handler like any request, and the connection closes after its answer:
 what follows it would be a tunnel's bytes, never read as HTTP.
 
