@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import h11
 
 from gateway.operations import load_operations
-from tests.waiting import poll
+from tests.waiting import loop_turns, poll
 
 OPERATIONS = load_operations()
 #: The gateway's documented treatment of an API header sent more than once (gateway/headers.py),
@@ -300,8 +300,7 @@ class Exchange:
 async def _yield_to_the_gateway() -> None:
     """Let the gateway's read callback (same event loop) take a piece before the next is
     written, so the pieces arrive as separate reads: two turns of the loop, not a wait."""
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await loop_turns(2)
 
 
 async def exchange(host: str, port: int, pieces: Sequence[bytes], reference: Reference) -> Exchange:

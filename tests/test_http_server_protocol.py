@@ -25,6 +25,7 @@ from gateway.http.server import (
     Response,
     ServerConnection,
 )
+from tests.waiting import loop_turns
 
 HEAD_TIMEOUT_S = 10.0
 KEEPALIVE_S = 75.0
@@ -138,15 +139,6 @@ class Echo:
         self.seen.append((request.method, request.target, body))
         await self.release.wait()
         response.send(200, [("Content-Type", "text/plain")], body)
-
-
-async def loop_turns(count: int) -> None:
-    """Let the event loop go round ``count`` times (a request handed over starts on the next)."""
-    loop = asyncio.get_running_loop()
-    for _ in range(count):
-        turned = loop.create_future()
-        loop.call_soon(turned.set_result, None)
-        await turned
 
 
 def render(response: Response, error: HttpError) -> None:

@@ -36,3 +36,13 @@ def poll_blocking(
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(interval_s)
+
+
+async def loop_turns(count: int) -> None:
+    """Let the event loop go round ``count`` times: no time passes, but what was scheduled
+    runs (a handler handed a request, a read callback). Not a wait for a condition."""
+    loop = asyncio.get_running_loop()
+    for _ in range(count):
+        turned = loop.create_future()
+        loop.call_soon(turned.set_result, None)
+        await turned
