@@ -178,12 +178,35 @@ def error_answer(error: GatewayError, request_id: str) -> tuple[int, list[tuple[
     return error.status, headers, json.dumps({"message": error.message}).encode()
 
 
+class _RandomBytes:
+    """os.urandom's bytes, read 4 KiB at a time: one getrandom(2) for 256 request ids rather
+    than one each. A forked child starts with none (it must not repeat its parent's ids)."""
+
+    CHUNK_BYTES = 4096
+    pool = b""
+    used = 0
+
+    @classmethod
+    def take16(cls) -> bytes:
+        if cls.used + 16 > len(cls.pool):
+            cls.pool, cls.used = os.urandom(cls.CHUNK_BYTES), 0
+        cls.used += 16
+        return cls.pool[cls.used - 16 : cls.used]
+
+    @classmethod
+    def forget(cls) -> None:
+        cls.pool, cls.used = b"", 0
+
+
+os.register_at_fork(after_in_child=_RandomBytes.forget)
+
+
 def new_request_id() -> str:
     """A fresh request id, in the service's format: a random (version 4) UUID.
 
     Formatted here from 16 random bytes rather than by ``str(uuid.uuid4())``, which costs
     more than twice as much and runs for every request.
     """
-    digits = os.urandom(16).hex()
+    digits = _RandomBytes.take16().hex()
     variant = "89ab"[int(digits[16], 16) & 3]  # the RFC 4122 variant: binary 10xx
     return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"

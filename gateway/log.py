@@ -6,9 +6,12 @@ custom-attribute values are never among them, so they cannot leak by a new ``**k
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO
@@ -39,9 +42,55 @@ def configure_logging(level: str, stream: BinaryIO | None = None) -> None:
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        logger_factory=LineWriter(stream or sys.stdout.buffer).factory,
         cache_logger_on_first_use=True,
     )
+
+
+class LineWriter:
+    """structlog's logger for the JSON lines: the lines of one turn of the event loop go out
+    together at its end, in one system call, rather than one each.
+
+    Written here because structlog's BytesLogger flushes every line, and the access line is on
+    every request: a write(2) each, made before the answer's last bytes go out (the handler
+    logs, then returns). Batched, a busy gateway writes a turn's lines at once, and even a lone
+    request's line is written after its answer. Outside a running loop (start-up, another
+    thread) a line is written at once; what is pending at exit is written then.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def factory(self, *_: Any) -> LineWriter:
+        """structlog's logger factory: every logger shares this writer."""
+        return self
+
+    def msg(self, message: bytes) -> None:
+        with self._lock:
+            self._pending.append(message)
+            first = len(self._pending) == 1
+        if first:
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                self.flush()
+            else:
+                loop.call_soon(self.flush)
+
+    # structlog calls the method named for the level (and BytesLogger's aliases).
+    debug = info = warning = warn = error = err = critical = fatal = exception = msg
+    failure = log = msg
+
+    def flush(self) -> None:
+        """Write the pending lines, if any."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+            if lines:
+                lines.append(b"")
+                self._stream.write(b"\n".join(lines))
+                self._stream.flush()
 
 
 _ISO_SECOND = PerSecond(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
@@ -55,9 +104,23 @@ def _add_timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+class _Pid:
+    """This process's id, read once and again in a forked child (os.getpid() is a system call
+    each time, and this is on every line)."""
+
+    value = os.getpid()
+
+    @classmethod
+    def reread(cls) -> None:
+        cls.value = os.getpid()
+
+
+os.register_at_fork(after_in_child=_Pid.reread)
+
+
 def _add_pid(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Which process wrote the line (with --workers, several share the port)."""
-    event["pid"] = os.getpid()
+    event["pid"] = _Pid.value
     return event
 
 

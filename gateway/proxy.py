@@ -36,6 +36,7 @@ from gateway.failover import Clock, Failover, Route, Upstream
 from gateway.headers import response_header_names, select_request_headers, select_response_headers
 from gateway.http.body import BodyBroken, BodyTimedOut, BodyTooLarge
 from gateway.http.client import UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.http.clock import TaskTimeout
 from gateway.http.server import Request, Response
 from gateway.log import access_fields
 from gateway.metrics import CALLER_LEFT, IDLE_TIMEOUT, UPSTREAM_CUT, Metrics, Outcome
@@ -259,8 +260,12 @@ class Proxy:
         sent = time.perf_counter()
         outcome.upstream_duration_s = 0.0  # from here on, the request counts as forwarded
         self.retry_budget.record_request()
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
         try:
-            async with asyncio.timeout(self.config.upstream_timeout_s) as deadline:
+            upstream_by = loop.time() + self.config.upstream_timeout_s
+            async with TaskTimeout(loop, task, upstream_by) as deadline:
                 chain = self.failover.chain(outcome.endpoint) if self.failover else None
                 if chain is None:
                     up = await self._send(self._home, path, headers, body, deadline)
@@ -323,7 +328,7 @@ class Proxy:
         headers: list[tuple[str, str]],
         body: bytes,
         outcome: Outcome,
-        deadline: asyncio.Timeout,
+        deadline: TaskTimeout,
     ) -> UpstreamResponse:
         """Send along the endpoint's targets (gateway.failover); note the one that answered."""
         assert self.failover is not None
@@ -342,11 +347,10 @@ class Proxy:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
-        deadline: asyncio.Timeout,
+        deadline: TaskTimeout,
     ) -> UpstreamResponse:
         """POST the signed request to ``upstream``; retry a failed connect or throttling while
         budget and deadline allow (a retry that could not finish in time is not started)."""
-        loop = asyncio.get_running_loop()
         retries = 0
         while True:
             credentials = self.credentials.current()
@@ -357,34 +361,43 @@ class Proxy:
                 )
             signer, host = upstream.signer, upstream.host
             signed = signer.sign(credentials, None, "POST", host, path, headers, body)
-            delay_s = backoff_s(retries + 1)
-            deadline_at = deadline.when()
-            can_retry = retries < self.config.max_retries and (
-                deadline_at is None or loop.time() + delay_s < deadline_at
-            )
+            delay_s = None
             try:
                 up = await upstream.pool.request("POST", path, signed, body)
             except UpstreamError as exc:
-                if not (can_retry and is_connect_failure(exc) and self.retry_budget.try_spend()):
+                if is_connect_failure(exc):
+                    delay_s = self._retry_delay(retries, deadline)
+                if delay_s is None:
                     raise
             else:
-                error_type = _error_type(up.header("x-amzn-errortype") or "")
-                if not (
-                    can_retry
-                    and is_throttled(up.status, error_type)
-                    and self.retry_budget.try_spend()
+                # (Only an error can be throttling: the success path looks at nothing more.)
+                if up.status >= 400 and is_throttled(
+                    up.status, _error_type(up.header("x-amzn-errortype") or "")
                 ):
+                    delay_s = self._retry_delay(retries, deadline)
+                if delay_s is None:
                     return up
                 up.release()
             retries += 1
             await asyncio.sleep(delay_s)
+
+    def _retry_delay(self, retries: int, deadline: TaskTimeout) -> float | None:
+        """The backoff before one more retry, or None: none is left (``max_retries``, the
+        budget), or it could not finish before the deadline."""
+        if retries >= self.config.max_retries:
+            return None
+        delay_s = backoff_s(retries + 1)
+        deadline_at = deadline.when()
+        if deadline_at is not None and asyncio.get_running_loop().time() + delay_s >= deadline_at:
+            return None
+        return delay_s if self.retry_budget.try_spend() else None
 
     async def _relay_stream(
         self,
         up: UpstreamResponse,
         response: Response,
         outcome: Outcome,
-        deadline: asyncio.Timeout,
+        deadline: TaskTimeout,
     ) -> None:
         """Relay an event stream part by part as it arrives, counting its parts and noting
         how it ends (an exception message inside it, or how it was cut short).

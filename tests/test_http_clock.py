@@ -1,10 +1,14 @@
-"""PerSecond: a string formatted once per second."""
+"""PerSecond: a string formatted once per second; TaskTimeout: a request's deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from gateway.http.clock import PerSecond
+import pytest
+
+from gateway.http.clock import PerSecond, TaskTimeout
+from tests.waiting import FakeClock, loop_turns
 
 
 def test_the_text_is_rendered_once_per_second():
@@ -22,3 +26,111 @@ def test_now_is_the_current_second():
     clock = PerSecond(str)
     before = int(time.time())
     assert before <= int(clock.now()) <= int(time.time())
+
+
+# --- TaskTimeout: asyncio.timeout's contract for one task, on a clock the test moves
+
+
+async def _blocked(clock: FakeClock, when: float | None, until: asyncio.Event) -> TaskTimeout:
+    """Enter a TaskTimeout for the running task and wait on ``until`` inside it."""
+    task = asyncio.current_task()
+    assert task is not None
+    async with TaskTimeout(clock, task, when) as deadline:
+        await until.wait()
+    return deadline
+
+
+async def test_a_deadline_that_passes_raises_timeout_error_out_of_the_block():
+    clock, never = FakeClock(), asyncio.Event()
+    task = asyncio.create_task(_blocked(clock, clock.now + 5, never))
+    await loop_turns(3)
+    clock.advance(4.9)
+    await loop_turns(3)
+    assert not task.done()
+    clock.advance(0.1)
+    with pytest.raises(TimeoutError):
+        await task
+    assert task.cancelling() == 0  # our own cancellation was taken back
+
+
+async def test_a_block_that_ends_in_time_cancels_its_timer():
+    clock, done = FakeClock(), asyncio.Event()
+    task = asyncio.create_task(_blocked(clock, clock.now + 5, done))
+    await loop_turns(3)
+    done.set()
+    deadline = await task
+    assert not deadline.expired()
+    assert all(timer.cancelled for timer in clock.timers)
+    clock.advance(10)  # nothing fires after the block
+    assert not task.cancelled()
+
+
+async def test_a_cancel_from_outside_stays_a_cancel():
+    """The caller's leaving is not a timeout, also when the deadline passes with it."""
+    clock, never = FakeClock(), asyncio.Event()
+    plain = asyncio.create_task(_blocked(clock, clock.now + 5, never))
+    await loop_turns(3)
+    plain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await plain
+    both = asyncio.create_task(_blocked(clock, clock.now + 5, never))
+    await loop_turns(3)
+    both.cancel()
+    clock.advance(5)  # the deadline passes too, before the task runs again
+    with pytest.raises(asyncio.CancelledError):
+        await both
+
+
+async def test_a_deadline_moved_later_rearms_when_the_old_timer_fires():
+    """As a stream does on every part: no timer is cancelled or added when it moves later."""
+    clock, never = FakeClock(), asyncio.Event()
+    moved: list[TaskTimeout] = []
+
+    async def body() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with TaskTimeout(clock, task, clock.now + 5) as deadline:
+            moved.append(deadline)
+            await never.wait()
+
+    task = asyncio.create_task(body())
+    await loop_turns(3)
+    moved[0].reschedule(clock.now + 8)
+    assert len(clock.timers) == 1
+    clock.advance(5)  # the first timer fires early and re-arms for the new time
+    await loop_turns(3)
+    assert not task.done() and not moved[0].expired()
+    clock.advance(3)
+    with pytest.raises(TimeoutError):
+        await task
+    assert moved[0].expired() and moved[0].when() == 1008.0
+
+
+async def test_a_deadline_moved_earlier_fires_then():
+    clock, never = FakeClock(), asyncio.Event()
+    moved: list[TaskTimeout] = []
+
+    async def body() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with TaskTimeout(clock, task, clock.now + 60) as deadline:
+            moved.append(deadline)
+            await never.wait()
+
+    task = asyncio.create_task(body())
+    await loop_turns(3)
+    moved[0].reschedule(clock.now + 1)
+    clock.advance(1)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_no_deadline_never_fires_and_rescheduling_outside_the_block_is_refused():
+    clock, done = FakeClock(), asyncio.Event()
+    task = asyncio.create_task(_blocked(clock, None, done))
+    await loop_turns(3)
+    assert clock.timers == []
+    done.set()
+    deadline = await task
+    with pytest.raises(RuntimeError):
+        deadline.reschedule(clock.now + 1)

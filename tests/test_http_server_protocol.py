@@ -25,42 +25,10 @@ from gateway.http.server import (
     Response,
     ServerConnection,
 )
-from tests.waiting import loop_turns
+from tests.waiting import FakeClock, loop_turns
 
 HEAD_TIMEOUT_S = 10.0
 KEEPALIVE_S = 75.0
-
-
-class FakeTimer:
-    def __init__(self, when: float, callback: Callable[[], object]) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeClock:
-    """The connection's clock: time moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.timers: list[FakeTimer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
-        timer = FakeTimer(when, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        """Move time on, firing every timer that falls due (and any they set that do too)."""
-        self.now += seconds
-        while due := [t for t in self.timers if not t.cancelled and t.when <= self.now]:
-            timer = min(due, key=lambda t: t.when)
-            self.timers.remove(timer)
-            timer.callback()
 
 
 class FakeTransport:

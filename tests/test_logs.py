@@ -6,6 +6,7 @@ running gateway to the emulator.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 from gateway.log import access_fields, configure_logging
 from gateway.metrics import Outcome
 from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.waiting import loop_turns
 
 #: The fields of every access line for a request whose endpoint name was valid.
 ACCESS_FIELDS = {
@@ -215,3 +217,36 @@ def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout
         "error": "ModelError", "duration_ms": 12.346, "upstream_ms": 10.0, "request_bytes": 10,
         "response_bytes": 812, "model_timeout": True,
     }  # fmt: skip
+
+
+class CountedWrites(io.BytesIO):
+    """A stream that counts the writes made to it."""
+
+    writes = 0
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_the_lines_of_one_loop_turn_are_written_together_after_it():
+    """Inside the event loop, lines wait for the end of the turn (after the answer's bytes),
+    then go out in one write; outside it, a line is written at once."""
+    saved = structlog.get_config()
+    stream = CountedWrites()
+    configure_logging("info", stream)
+    try:
+        logger = structlog.get_logger("gateway.test")
+        logger.info("request", request_id="r-1")
+        logger.info("request", request_id="r-2")
+        assert stream.getvalue() == b""
+        await loop_turns(1)
+        assert stream.writes == 1
+        assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [
+            "r-1", "r-2",
+        ]  # fmt: skip
+        await asyncio.to_thread(logger.info, "request", request_id="r-3")  # no loop there
+        assert stream.writes == 2
+        assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "r-3"
+    finally:
+        structlog.configure(**saved)

@@ -1,4 +1,5 @@
-"""Waiting in tests: poll a condition until it holds, with a deadline, never a bare sleep."""
+"""Waiting in tests: poll a condition until it holds, with a deadline, never a bare sleep; and a
+clock that moves only when a test moves it."""
 
 from __future__ import annotations
 
@@ -46,3 +47,35 @@ async def loop_turns(count: int) -> None:
         turned = loop.create_future()
         loop.call_soon(turned.set_result, None)
         await turned
+
+
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """The connection's clock: time moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[FakeTimer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move time on, firing every timer that falls due (and any they set that do too)."""
+        self.now += seconds
+        while due := [t for t in self.timers if not t.cancelled and t.when <= self.now]:
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            timer.callback()

@@ -188,8 +188,10 @@ CLOSED = Phase.CLOSED
 class _Connection(asyncio.Protocol):
     """One upstream connection: sends a request, feeds the answer to the parser."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
+        # Looked up once: in 3.11 every get_running_loop() is a getpid() system call.
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.phase = IDLE
         # httptools looks its callbacks up on this object once, here.
@@ -214,7 +216,7 @@ class _Connection(asyncio.Protocol):
         """Send one request and wait for its answer's head."""
         assert self.transport is not None and self.phase is IDLE
         response = self._response = UpstreamResponse(self)
-        self._head_waiter = waiter = asyncio.get_running_loop().create_future()
+        self._head_waiter = waiter = self._loop.create_future()
         self.phase = AWAITING_HEAD
         if body:
             self.transport.writelines((head, body))
@@ -436,7 +438,7 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        loop = asyncio.get_running_loop()
+        loop = connection._loop
         self._idle[connection] = now = loop.time()
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_at(now + self._keepalive_s, self._sweep)
@@ -500,7 +502,7 @@ class UpstreamPool:
                 )
                 try:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(self),
+                        lambda: _Connection(self, loop),
                         sock=sock,
                         ssl=self._ssl,
                         server_hostname=self._host if self._tls else None,

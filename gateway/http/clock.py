@@ -1,5 +1,6 @@
-"""Time for the HTTP layer: one re-armable deadline per connection, and text formatted once a
-second (the Date header, and the gateway's X-Amz-Date and log timestamps).
+"""Time for the HTTP layer: one re-armable deadline per connection, a cheaper
+``asyncio.timeout`` for each request's exchange, and text formatted once a second (the Date
+header, and the gateway's X-Amz-Date and log timestamps).
 
 The deadline reads the time and sets timers through a :class:`Clock`, which is the event loop
 in production and a hand-moved clock in the protocol tests.
@@ -7,8 +8,10 @@ in production and a hand-moved clock in the protocol tests.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Protocol
 
 
@@ -71,6 +74,96 @@ class Deadline:
             return
         self._callback = None
         callback()
+
+
+class TaskTimeout:
+    """``asyncio.timeout`` for one task on the hot path: the same contract (the block's
+    cancellation becomes TimeoutError; ``when``, ``reschedule``, ``expired``), at a fraction
+    of its cost.
+
+    Written here because every request enters one, and in 3.11 ``asyncio.timeout`` costs three
+    ``getpid()`` system calls (each ``get_running_loop()`` checks the process) and a dozen
+    enum lookups; the task and the clock (its loop) are given instead. A deadline moved later,
+    as a response stream does on every part, only records the new time, as in
+    :class:`Deadline`: the armed timer re-arms when it fires early.
+    """
+
+    __slots__ = ("_active", "_cancelling", "_clock", "_expired", "_task", "_timer", "_timer_at",
+                 "_when")  # fmt: skip
+
+    def __init__(self, clock: Clock, task: asyncio.Task[object], when: float | None) -> None:
+        self._clock = clock
+        self._task = task
+        self._when = when
+        self._timer: Cancellable | None = None
+        self._timer_at = 0.0
+        self._expired = False
+        self._cancelling = 0
+        self._active = False
+
+    def when(self) -> float | None:
+        """The deadline, in the clock's time (None: none)."""
+        return self._when
+
+    def expired(self) -> bool:
+        """Whether the deadline passed and cancelled the task."""
+        return self._expired
+
+    def reschedule(self, when: float | None) -> None:
+        """Move the deadline to ``when`` (None: no deadline); only inside the block."""
+        if not self._active:
+            raise RuntimeError("a TaskTimeout is rescheduled only inside its block")
+        self._when = when
+        if (
+            when is not None
+            and not self._expired
+            and (self._timer is None or self._timer_at > when)
+        ):
+            self._arm(when)
+
+    async def __aenter__(self) -> TaskTimeout:
+        if self._active or self._expired:
+            raise RuntimeError("a TaskTimeout is entered once")
+        self._active = True
+        self._cancelling = self._task.cancelling()
+        if self._when is not None:
+            self._arm(self._when)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._active = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # As asyncio's: only a cancellation of our own, with none requested besides, becomes
+        # a TimeoutError (a caller's cancel that came with it stays a cancel).
+        if (
+            self._expired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._clock.call_at(at, self._fired), at
+
+    def _fired(self) -> None:
+        self._timer = None
+        when = self._when
+        if when is None or self._expired:
+            return
+        if self._clock.time() < when:  # moved later since the timer was set
+            self._arm(when)
+            return
+        self._expired = True
+        self._task.cancel()
 
 
 class PerSecond:
