@@ -271,7 +271,7 @@ class Proxy:
                     up = await self._send(self._home, path, headers, body, deadline)
                 else:
                     up = await self._fail_over(chain, suffix, headers, body, outcome, deadline)
-                async with up:
+                with up:
                     outcome.status = up.status
                     outcome.error = _error_type(up.header("x-amzn-errortype") or "")
                     confirmed_variant = up.header(VARIANT_HEADER_LOWER)

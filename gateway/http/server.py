@@ -121,7 +121,8 @@ class Log(Protocol):
     def exception(self, event: str, **fields: Any) -> Any: ...
 
 
-Handler = Callable[["Request", "Response"], Awaitable[None]]
+#: Answers a request: at once (returning None), or in the awaitable it returns.
+Handler = Callable[["Request", "Response"], Awaitable[None] | None]
 #: Renders the answer to a refused request (4xx/505) or a failed handler (500).
 ErrorRenderer = Callable[["Response", HttpError], None]
 #: Counts a connection or request turned away before a handler saw it ("head_timeout", ...).
@@ -639,7 +640,9 @@ class ServerConnection(asyncio.Protocol):
     async def _answer(self, request: Request) -> None:
         response = Response(self, request)
         try:
-            await self._handler(request, response)
+            pending = self._handler(request, response)
+            if pending is not None:
+                await pending
         except asyncio.CancelledError:
             return  # the caller went away: nothing to answer
         except Exception:
