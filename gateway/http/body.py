@@ -31,6 +31,19 @@ class Source(Protocol):
         """The consumer took what waited (or wants more): read on, if nothing else forbids."""
 
 
+class _Detached:
+    """The source of a body whose owner is done with it: there is no one to tell any more."""
+
+    def body_full(self) -> None:
+        pass
+
+    def body_taken(self) -> None:
+        pass
+
+
+_DETACHED = _Detached()
+
+
 class BodyError(Exception):
     """The body cannot be had whole."""
 
@@ -120,6 +133,12 @@ class Body:
             self._wanted()
             await self._wait()
         return self.take()
+
+    def detach(self) -> None:
+        """The owner is done: flow control reaches no connection from here on. An owner that
+        is also the body's source calls this, so that the two form no reference cycle, which
+        only the garbage collector would free (a pause in some later request)."""
+        self._source = _DETACHED
 
     def take_whole(self) -> bytes | None:
         """The whole body if all of it has arrived (small answers come with their head),

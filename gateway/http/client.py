@@ -118,6 +118,7 @@ class UpstreamResponse:
         """Done with this answer: its connection is reused if the body was read to its end,
         otherwise closed."""
         connection, self._connection = self._connection, None
+        self.body.detach()  # it points back at this answer: no cycle is left behind
         if connection is not None:  # the answer has not ended
             connection.abort()
 
