@@ -209,14 +209,12 @@ class Proxy:
         outcome: Outcome,
     ) -> None:
         headers = select_request_headers(operation, request.headers)
-        requested_variant = next(
-            (value for name, value in headers if name.lower() == TARGET_VARIANT_HEADER), None
-        )
-        if requested_variant:
-            outcome.variant = requested_variant
-        outcome.inference_component = next(
-            (value for name, value in headers if name.lower() == COMPONENT_HEADER), ""
-        )
+        for name, value in headers:
+            lower = name.lower()
+            if lower == TARGET_VARIANT_HEADER:
+                outcome.variant = value or outcome.variant
+            elif lower == COMPONENT_HEADER:
+                outcome.inference_component = value
         limit = self._body_limits[suffix]
         validate_content_length(request.content_length, limit)
         try:

@@ -147,7 +147,7 @@ class Signer:
         canonical, signed = canonical_request(method, raw_path, raw_query, headers, payload_sha256)
         to_sign = string_to_sign(when, scope, canonical)
         key = self.signing_key(credentials.secret_key, date)
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = _hmac(key, to_sign).hex()
         return (
             f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
             f"SignedHeaders={signed}, Signature={signature}"
@@ -185,4 +185,5 @@ def _format_amz_date(second: int) -> str:
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+    # hmac.digest is OpenSSL's one-shot HMAC: no Python HMAC object per signature.
+    return hmac.digest(key, message.encode(), "sha256")
