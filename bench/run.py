@@ -37,6 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BODY_SIZES = {"100B": 100, "100KB": 100_000, "5MB": 5_242_880}
 CPU_LOAD, CPU_PROXY = "0", "1"
+GATEWAY = "sagemaker-gateway"
 
 BACKEND_CONF = """
 worker_processes 1; daemon off; pid {dir}/backend.pid; error_log {dir}/backend.err warn;
@@ -80,6 +81,7 @@ class Run:
     system: str
     body: str
     connections: int
+    round: int
     requests: int
     rps: float
     p50_ms: float
@@ -132,7 +134,7 @@ def wrk(url: str, body_file: Path, connections: int, seconds: int, workdir: Path
 
 def measure(
     system: str, url: str, pids: list[int], rss_pid: int | None, body: str, connections: int,
-    seconds: int, workdir: Path,
+    seconds: int, workdir: Path, round_: int,
 ) -> Run:  # fmt: skip
     body_file = workdir / f"body-{body}"
     cpu_before = cpu_seconds(pids)
@@ -141,7 +143,7 @@ def measure(
     requests, rps, pct = parse_wrk(text)
     rss = proc_status(rss_pid)["VmHWM"] / 1024 if rss_pid else None
     return Run(
-        system, body, connections, requests, rps, pct.get("50", 0), pct.get("90", 0),
+        system, body, connections, round_, requests, rps, pct.get("50", 0), pct.get("90", 0),
         pct.get("99", 0), cpu_used / requests * 1e6 if requests else None, rss,
     )  # fmt: skip
 
@@ -260,7 +262,13 @@ def compared(spec: str, port_of: dict[str, int], upstream: str) -> list[tuple[st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per throughput run")
+    parser.add_argument(
+        "--latency-seconds", type=int, default=3, help="seconds per 1- and 4-connection run"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; the table gives medians"
+    )
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
@@ -312,22 +320,31 @@ def main() -> int:
             url = f"http://127.0.0.1:{ports[name]}"
             wait_until_listening(ports[name])
             systems[name] = (f"{url}{path}", pid)
-        direct = f"http://127.0.0.1:{backend_port}{path}"
-        for name, (url, pid) in systems.items():
+        systems["direct"] = (f"http://127.0.0.1:{backend_port}{path}", backend)
+        for url, _ in systems.values():
             wrk(url, workdir / "body-100B", 32, 2, workdir)  # warm-up: pools and caches
-            pids = children(pid)
-            # Latency at 1 and 4 connections first: after the 5 MB run the process is still
-            # returning memory and finishing the last large bodies, which would show as p99.
-            for connections in (1, 4):
-                runs.append(measure(name, url, pids, None, "100B", connections, 4, workdir))
-                print(json.dumps(asdict(runs[-1])), flush=True)
-            for body in BODY_SIZES:
-                seconds = args.seconds if body != "5MB" else max(4, args.seconds // 2)
-                runs.append(measure(name, url, pids, pids[-1], body, 32, seconds, workdir))
-                print(json.dumps(asdict(runs[-1])), flush=True)
-        for connections in (1, 4):
-            runs.append(measure("direct", direct, children(backend), None, "100B", connections,
-                                4, workdir))  # fmt: skip
+        # Interleaved: each measurement is taken of every system in turn, round after round
+        # (the first system moving on each round), so that the machine's drift between one
+        # system and the next is short, and a round's ratios compare like with like. Latency
+        # at 1 and 4 connections first: after the 5 MB runs a process is still returning
+        # memory and finishing the last large bodies, which would show as p99.
+        specs = [("100B", connections, args.latency_seconds) for connections in (1, 4)]
+        specs += [
+            (body, 32, args.seconds if body != "5MB" else max(3, args.seconds // 2))
+            for body in BODY_SIZES
+        ]
+        for body, connections, seconds in specs:
+            names = [n for n in systems if connections != 32 or n != "direct"]
+            for round_ in range(args.rounds):
+                turn = round_ % len(names)
+                for name in names[turn:] + names[:turn]:
+                    url, pid = systems[name]
+                    pids = children(pid)
+                    rss_pid = pids[-1] if connections == 32 else None
+                    run = measure(name, url, pids, rss_pid, body, connections, seconds,
+                                  workdir, round_)  # fmt: skip
+                    runs.append(run)
+                    print(json.dumps(asdict(run)), flush=True)
     with (
         process(
             [python, "-m", "gateway", "emulator", "--port", str(emulator_port)], CPU_LOAD, env
@@ -360,7 +377,7 @@ def main() -> int:
     with open(workdir / "gateway.log", "rb") as log:
         access_lines = sum(1 for line in log if b'"event":"request"' in line)
     shutil.rmtree(workdir, ignore_errors=True)
-    report(runs, stream)
+    summary = report(runs, stream)
     print(f"gateway access log: {access_lines:,} lines written to a file during the runs")
     (RESULTS / "bench.json").write_text(
         json.dumps(
@@ -372,17 +389,54 @@ def main() -> int:
             indent=2,
         )
     )
-    if chart(runs, RESULTS / "latency.png"):
+    if chart(summary, RESULTS / "latency.png"):
         print(f"chart: {RESULTS / 'latency.png'}")
     return 0
 
 
-def report(runs: list[Run], stream: dict) -> None:
-    """The table: per body size at 32 connections, ratios to the floor; then added latency."""
-    floor = {r.body: r for r in runs if r.system.startswith("nginx") and r.connections == 32}
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarized(runs: list[Run]) -> list[Run]:
+    """One Run per system, body and connections: the median of its rounds, field by field."""
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.system, run.body, run.connections), []).append(run)
+    summary = []
+    for (system, body, connections), group in groups.items():
+        cpu = [r.cpu_us_per_request for r in group if r.cpu_us_per_request is not None]
+        rss = [r.rss_mb for r in group if r.rss_mb is not None]
+        summary.append(Run(
+            system, body, connections, -1, sum(r.requests for r in group),
+            median([r.rps for r in group]), median([r.p50_ms for r in group]),
+            median([r.p90_ms for r in group]), median([r.p99_ms for r in group]),
+            median(cpu) if cpu else None, max(rss) if rss else None,
+        ))  # fmt: skip
+    return summary
+
+
+def p99_added(runs: list[Run], system: str, connections: int) -> list[float]:
+    """Per round: the system's p99 less the direct p99 measured in the same round."""
+    direct = {
+        r.round: r.p99_ms for r in runs if r.system == "direct" and r.connections == connections
+    }
+    mine = [r for r in runs if r.system == system and r.connections == connections]
+    return [r.p99_ms - direct[r.round] for r in mine if r.round in direct]
+
+
+def report(runs: list[Run], stream: dict) -> list[Run]:
+    """The tables (medians of the rounds): per body size at 32 connections, ratios to the
+    floor; added latency; then the gateway against each other proxy, round by round."""
+    rounds = max(r.round for r in runs) + 1
+    summary = summarized(runs)
+    floor = {r.body: r for r in summary if r.system.startswith("nginx") and r.connections == 32}
+    print(f"\nMedians of {rounds} interleaved rounds.")
     print("\n| system | body | req/s | x floor | p50 ms | p99 ms | CPU us/req | x floor | RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for run in runs:
+    for run in summary:
         if run.connections != 32:
             continue
         base = floor[run.body]
@@ -392,18 +446,37 @@ def report(runs: list[Run], stream: dict) -> None:
             f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {cpu:.0f} | "
             f"{cpu / (base.cpu_us_per_request or 1):.1f} | {run.rss_mb or 0:.0f} |"
         )
-    direct = {r.connections: r for r in runs if r.system == "direct"}
-    print("\n| system | connections | p50 ms | p99 ms | p99 added over direct, ms |")
+    print("\n| system | connections | p50 ms | p99 ms | p99 added over direct, ms (per round) |")
     print("|---|---|---|---|---|")
-    for run in runs:
+    for run in summary:
         if run.connections in (1, 4):
-            added = run.p99_ms - direct[run.connections].p99_ms
+            added = p99_added(runs, run.system, run.connections)
+            each = ", ".join(f"{a:+.3f}" for a in added)
             print(f"| {run.system} | {run.connections} | {run.p50_ms:.3f} | {run.p99_ms:.3f} | "
-                  f"{added:+.3f} |")  # fmt: skip
+                  f"{median(added):+.3f} ({each}) |")  # fmt: skip
+    named = dict.fromkeys(r.system for r in runs)
+    others = [n for n in named if n not in (GATEWAY, "direct") and not n.startswith("nginx")]
+    for other in others:
+        print(f"\nsagemaker-gateway against {other}, round by round:")
+        for body in ("100B", "100KB"):
+            ratios = []
+            for round_ in range(rounds):
+                pair = {r.system: r for r in runs if r.body == body and r.connections == 32
+                        and r.round == round_ and r.system in (GATEWAY, other)}  # fmt: skip
+                if len(pair) == 2:
+                    ratios.append(pair[GATEWAY].rps / pair[other].rps)
+                    cpu_ratio = (pair[GATEWAY].cpu_us_per_request or 0) / (
+                        pair[other].cpu_us_per_request or 1
+                    )
+                    print(f"  {body}, 32 connections, round {round_ + 1}: req/s "
+                          f"{ratios[-1]:.2f}x, CPU per request {cpu_ratio:.2f}x")  # fmt: skip
+            if ratios:
+                print(f"  {body}: median req/s ratio {median(ratios):.2f}x")
     print(
         f"\nfirst streamed part (median of 30): direct {stream['direct']:.2f} ms, "
         f"through the gateway {stream['gateway']:.2f} ms, added {stream['added']:+.2f} ms"
     )
+    return summary
 
 
 if __name__ == "__main__":
