@@ -11,6 +11,7 @@ help:
 	@echo "make test   the whole test suite against real sockets, boto3 and the AWS CLI"
 	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
+	@echo "make tail   a request's phases inside the gateway at one connection, its slowest 1 %"
 	@echo "make soak   minutes of mixed traffic; memory, fds and tasks must not grow"
 	@echo "make fuzz   minutes of request streams checked against h11, and of schemathesis (not in CI)"
 
@@ -60,6 +61,11 @@ bench: $(STAMP)  ## gateway vs nginx proxy_pass, pinned, one table; a few minute
 	bash bench/install.sh
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
+
+.PHONY: tail
+tail: $(STAMP)  ## where a request's time goes inside the gateway at one connection; ~30 s
+	bash bench/install.sh
+	$(BIN)/python bench/tail.py --seconds $${TAIL_SECONDS:-20}
 
 .PHONY: soak
 soak: $(STAMP)  ## a few minutes of mixed traffic; memory, fds and tasks must not grow
