@@ -158,7 +158,7 @@ class Jwks:
         headers = [("Host", parts.netloc), ("Accept", "application/json")]
         try:
             async with asyncio.timeout(self.fetch_timeout_s):
-                async with await pool.request("GET", target, headers, b"") as answer:
+                with await pool.request("GET", target, headers, b"") as answer:
                     document = await answer.body.read(MAX_JWKS_BYTES)
                     if answer.status != 200:
                         raise TokenKeysError(f"jwks_url {self.url}: answered {answer.status}")

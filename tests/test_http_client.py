@@ -164,7 +164,7 @@ def answer_ok_after(release: asyncio.Event) -> Answer:
 
 async def post(pool: UpstreamPool, body: bytes = b"{}") -> tuple[int, bytes]:
     """One request; its status and whole body."""
-    async with await pool.request("POST", TARGET, signed_headers(body), body) as response:
+    with await pool.request("POST", TARGET, signed_headers(body), body) as response:
         return response.status, await response.body.read(1 << 20)
 
 
@@ -242,7 +242,7 @@ async def test_a_content_length_body_is_read_whole_across_packets(start_upstream
 
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
-    async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
+    with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert response.content_length == len(body)
         assert await response.body.read(1 << 20) == body
     assert await post(pool) == (200, body)
@@ -280,7 +280,7 @@ async def test_chunked_parts_are_handed_on_as_they_arrive(start_upstream, open_p
 
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
-    async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
+    with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert response.content_length is None
         assert await response.body.read_chunk() == b"first"
         send_second.set()
@@ -312,7 +312,7 @@ async def test_headers_keep_their_order_names_and_values(start_upstream, open_po
 
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
-    async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
+    with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert response.status == 424
         assert response.headers == [
             ("x-amzn-ErrorType", "ModelError"),
@@ -420,7 +420,7 @@ async def test_an_answer_not_read_to_its_end_is_never_reused(start_upstream, ope
 
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
-    async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
+    with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert await response.body.read_chunk()
     async with asyncio.timeout(5):
         await upstream.connections[0].closed.wait()
@@ -516,7 +516,7 @@ async def test_a_body_cut_short_hands_on_what_came_then_fails(start_upstream, op
 
     upstream = await start_upstream(answer)
     pool = open_pool(url_of(upstream))
-    async with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
+    with await pool.request("POST", TARGET, signed_headers(b""), b"") as response:
         assert await response.body.read_chunk() == b"five!"
         with pytest.raises(Disconnected, match="before the answer ended"):
             await response.body.read_chunk()

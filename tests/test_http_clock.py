@@ -81,45 +81,36 @@ async def test_a_cancel_from_outside_stays_a_cancel():
         await both
 
 
+async def _held(clock: FakeClock, when: float, held: list[TaskTimeout]) -> None:
+    """Enter a TaskTimeout, hand it to the test through ``held``, and wait inside it."""
+    task = asyncio.current_task()
+    assert task is not None
+    async with TaskTimeout(clock, task, when) as deadline:
+        held.append(deadline)
+        await asyncio.Event().wait()
+
+
 async def test_a_deadline_moved_later_rearms_when_the_old_timer_fires():
     """As a stream does on every part: no timer is cancelled or added when it moves later."""
-    clock, never = FakeClock(), asyncio.Event()
-    moved: list[TaskTimeout] = []
-
-    async def body() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        async with TaskTimeout(clock, task, clock.now + 5) as deadline:
-            moved.append(deadline)
-            await never.wait()
-
-    task = asyncio.create_task(body())
+    clock, held = FakeClock(), []
+    task = asyncio.create_task(_held(clock, clock.now + 5, held))
     await loop_turns(3)
-    moved[0].reschedule(clock.now + 8)
+    held[0].reschedule(clock.now + 8)
     assert len(clock.timers) == 1
     clock.advance(5)  # the first timer fires early and re-arms for the new time
     await loop_turns(3)
-    assert not task.done() and not moved[0].expired()
+    assert not task.done() and not held[0].expired()
     clock.advance(3)
     with pytest.raises(TimeoutError):
         await task
-    assert moved[0].expired() and moved[0].when() == 1008.0
+    assert held[0].expired() and held[0].when() == 1008.0
 
 
 async def test_a_deadline_moved_earlier_fires_then():
-    clock, never = FakeClock(), asyncio.Event()
-    moved: list[TaskTimeout] = []
-
-    async def body() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        async with TaskTimeout(clock, task, clock.now + 60) as deadline:
-            moved.append(deadline)
-            await never.wait()
-
-    task = asyncio.create_task(body())
+    clock, held = FakeClock(), []
+    task = asyncio.create_task(_held(clock, clock.now + 60, held))
     await loop_turns(3)
-    moved[0].reschedule(clock.now + 1)
+    held[0].reschedule(clock.now + 1)
     clock.advance(1)
     with pytest.raises(TimeoutError):
         await task

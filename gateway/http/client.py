@@ -142,17 +142,6 @@ class UpstreamResponse:
     ) -> None:
         self.release()
 
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
-
     def _set_head(self, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         headers = self.headers
