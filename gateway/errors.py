@@ -180,7 +180,8 @@ def error_answer(error: GatewayError, request_id: str) -> tuple[int, list[tuple[
 
 class _RandomBytes:
     """os.urandom's bytes, read 4 KiB at a time: one getrandom(2) for 256 request ids rather
-    than one each. A forked child starts with none (it must not repeat its parent's ids)."""
+    than one each. A forked child starts with none (it must not repeat its parent's ids).
+    Only the event loop's thread makes request ids, so no lock guards the pool."""
 
     CHUNK_BYTES = 4096
     pool = b""

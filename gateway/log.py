@@ -48,40 +48,59 @@ def configure_logging(level: str, stream: BinaryIO | None = None) -> None:
 
 
 class LineWriter:
-    """structlog's logger for the JSON lines: the lines of one turn of the event loop go out
-    together at its end, in one system call, rather than one each.
+    """structlog's logger for the JSON lines: the debug and info lines of one turn of the event
+    loop go out together at its end, in one system call, rather than one each.
 
     Written here because structlog's BytesLogger flushes every line, and the access line is on
     every request: a write(2) each, made before the answer's last bytes go out (the handler
     logs, then returns). Batched, a busy gateway writes a turn's lines at once, and even a lone
-    request's line is written after its answer. Outside a running loop (start-up, another
-    thread) a line is written at once; what is pending at exit is written then.
+    request's line is written after its answer. Warnings and errors are written at once, with
+    whatever waits before them: they are the lines a crash must not take with it. Outside a
+    running loop (start-up, another thread, a loop that closed with a write still queued) a
+    line is written at once; what is pending at exit is written then.
     """
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
+        #: The loop (and its thread) a write of the pending lines is queued on, if any.
+        self._queued_on: asyncio.AbstractEventLoop | None = None
+        self._queued_thread = 0
         atexit.register(self.flush)
+        os.register_at_fork(after_in_child=self._forked)
 
     def factory(self, *_: Any) -> LineWriter:
         """structlog's logger factory: every logger shares this writer."""
         return self
 
     def msg(self, message: bytes) -> None:
+        """Keep ``message`` for the write at the end of this loop turn (at once outside one)."""
         with self._lock:
             self._pending.append(message)
-            first = len(self._pending) == 1
-        if first:
-            loop = asyncio._get_running_loop()
-            if loop is None:
-                self.flush()
-            else:
-                loop.call_soon(self.flush)
+        queued_on = self._queued_on
+        if (
+            queued_on is not None
+            and self._queued_thread == threading.get_ident()
+            and queued_on.is_running()
+        ):
+            return  # the write queued on this loop takes it
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self.flush()
+        else:
+            self._queued_on, self._queued_thread = loop, threading.get_ident()
+            loop.call_soon(self._queued_write)
+
+    def now(self, message: bytes) -> None:
+        """Write ``message`` at once, after the lines waiting before it."""
+        with self._lock:
+            self._pending.append(message)
+        self.flush()
 
     # structlog calls the method named for the level (and BytesLogger's aliases).
-    debug = info = warning = warn = error = err = critical = fatal = exception = msg
-    failure = log = msg
+    debug = info = log = msg
+    warning = warn = error = err = critical = fatal = exception = failure = now
 
     def flush(self) -> None:
         """Write the pending lines, if any."""
@@ -91,6 +110,14 @@ class LineWriter:
                 lines.append(b"")
                 self._stream.write(b"\n".join(lines))
                 self._stream.flush()
+
+    def _queued_write(self) -> None:
+        self._queued_on = None
+        self.flush()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's pending lines are the parent's to write."""
+        self._pending, self._lock, self._queued_on = [], threading.Lock(), None
 
 
 _ISO_SECOND = PerSecond(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))

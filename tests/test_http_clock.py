@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.http.clock import PerSecond, TaskTimeout
+from gateway.http.clock import REARM_MIN_S, Deadline, PerSecond, TaskTimeout
 from tests.waiting import FakeClock, loop_turns
 
 
@@ -125,3 +125,43 @@ async def test_no_deadline_never_fires_and_rescheduling_outside_the_block_is_ref
     deadline = await task
     with pytest.raises(RuntimeError):
         deadline.reschedule(clock.now + 1)
+
+
+async def test_a_timer_that_fires_a_little_early_is_set_again_at_least_a_millisecond_on():
+    """uvloop's timers move in whole milliseconds and may fire up to half of one early: set
+    again for the microseconds left, the timer would be due at once, round after round."""
+    clock, held = FakeClock(), []
+    task = asyncio.create_task(_held(clock, clock.now + 5, held))
+    await loop_turns(3)
+    (timer,) = clock.timers
+    clock.timers.remove(timer)
+    clock.now += 5 - 0.0004  # the loop runs the timer 0.4 ms before its time
+    timer.callback()
+    (again,) = clock.timers
+    assert again.when >= clock.now + REARM_MIN_S and not held[0].expired()
+    clock.advance(REARM_MIN_S)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+def test_a_connection_deadline_fired_early_is_set_again_a_millisecond_on():
+    clock, fired = FakeClock(), []
+    deadline = Deadline(clock)
+    deadline.set(10, lambda: fired.append(clock.now))
+    (timer,) = clock.timers
+    clock.timers.remove(timer)
+    clock.now += 10 - 0.0004
+    timer.callback()
+    (again,) = clock.timers
+    assert again.when >= clock.now + REARM_MIN_S and fired == []
+    clock.advance(REARM_MIN_S)
+    assert len(fired) == 1
+
+
+async def test_a_task_timeout_is_entered_once():
+    clock, done = FakeClock(), asyncio.Event()
+    done.set()
+    deadline = await _blocked(clock, clock.now + 5, done)
+    with pytest.raises(RuntimeError):
+        async with deadline:
+            pass

@@ -250,3 +250,47 @@ async def test_the_lines_of_one_loop_turn_are_written_together_after_it():
         assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "r-3"
     finally:
         structlog.configure(**saved)
+
+
+async def test_warnings_are_written_at_once_with_what_waited_before_them():
+    """A warning or an error is not held for the end of the turn: a crash must not take it."""
+    saved = structlog.get_config()
+    stream = CountedWrites()
+    configure_logging("info", stream)
+    try:
+        logger = structlog.get_logger("gateway.test")
+        logger.info("request", request_id="r-1")
+        logger.error("unhandled_error", path="/x")
+        assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == [
+            "request", "unhandled_error",
+        ]  # fmt: skip
+        assert stream.writes == 1
+    finally:
+        structlog.configure(**saved)
+
+
+def test_a_loop_that_closed_with_a_write_queued_leaves_no_line_behind():
+    """asyncio's loop drops what was queued when it closes: the next line, in or out of a
+    loop, writes what waited too, rather than waiting for a write that will never run."""
+    saved = structlog.get_config()
+    stream = CountedWrites()
+    configure_logging("info", stream)
+    try:
+        logger = structlog.get_logger("gateway.test")
+        loop = asyncio.new_event_loop()
+
+        async def last_turn() -> None:
+            logger.info("request", request_id="r-1")
+            loop.stop()  # the loop stops before the queued write's turn comes
+
+        turn = loop.create_task(last_turn())
+        loop.run_forever()
+        loop.close()
+        assert turn.done()
+        assert stream.getvalue() == b""
+        logger.info("request", request_id="r-2")  # outside any loop: written at once
+        assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [
+            "r-1", "r-2",
+        ]  # fmt: skip
+    finally:
+        structlog.configure(**saved)

@@ -14,6 +14,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
+#: A timer that fires before its time is set again at least this far ahead. uvloop's clock and
+#: timers move in whole milliseconds, so a timer can fire up to half a millisecond early; set
+#: again for what remains, it would be due at once, round after round, until the clock ticks.
+REARM_MIN_S = 0.001
+
 
 class Clock(Protocol):
     """What a deadline needs of the event loop."""
@@ -69,8 +74,10 @@ class Deadline:
         callback = self._callback
         if callback is None:
             return
-        if self._clock.time() < self._at:  # moved later since the timer was set
-            self._timer, self._timer_at = self._clock.call_at(self._at, self._fired), self._at
+        now = self._clock.time()
+        if now < self._at:  # moved later since the timer was set (or fired a little early)
+            at = max(self._at, now + REARM_MIN_S)
+            self._timer, self._timer_at = self._clock.call_at(at, self._fired), at
             return
         self._callback = None
         callback()
@@ -88,8 +95,8 @@ class TaskTimeout:
     :class:`Deadline`: the armed timer re-arms when it fires early.
     """
 
-    __slots__ = ("_active", "_cancelling", "_clock", "_expired", "_task", "_timer", "_timer_at",
-                 "_when")  # fmt: skip
+    __slots__ = ("_active", "_cancelling", "_clock", "_entered", "_expired", "_task", "_timer",
+                 "_timer_at", "_when")  # fmt: skip
 
     def __init__(self, clock: Clock, task: asyncio.Task[object], when: float | None) -> None:
         self._clock = clock
@@ -99,7 +106,7 @@ class TaskTimeout:
         self._timer_at = 0.0
         self._expired = False
         self._cancelling = 0
-        self._active = False
+        self._active = self._entered = False
 
     def when(self) -> float | None:
         """The deadline, in the clock's time (None: none)."""
@@ -110,7 +117,8 @@ class TaskTimeout:
         return self._expired
 
     def reschedule(self, when: float | None) -> None:
-        """Move the deadline to ``when`` (None: no deadline); only inside the block."""
+        """Move the deadline to ``when`` (None: no deadline); only inside the block. Once it
+        has expired the task is cancelled already, and a new time changes nothing."""
         if not self._active:
             raise RuntimeError("a TaskTimeout is rescheduled only inside its block")
         self._when = when
@@ -122,9 +130,9 @@ class TaskTimeout:
             self._arm(when)
 
     async def __aenter__(self) -> TaskTimeout:
-        if self._active or self._expired:
+        if self._entered:
             raise RuntimeError("a TaskTimeout is entered once")
-        self._active = True
+        self._active = self._entered = True
         self._cancelling = self._task.cancelling()
         if self._when is not None:
             self._arm(self._when)
@@ -159,8 +167,9 @@ class TaskTimeout:
         when = self._when
         if when is None or self._expired:
             return
-        if self._clock.time() < when:  # moved later since the timer was set
-            self._arm(when)
+        now = self._clock.time()
+        if now < when:  # moved later since the timer was set (or fired a little early)
+            self._arm(max(when, now + REARM_MIN_S))
             return
         self._expired = True
         self._task.cancel()
