@@ -183,11 +183,21 @@ async def test_no_body_credential_signature_or_custom_attribute_is_ever_logged(g
         assert leaked == [], f"{leaked} in {text}"
 
 
+class CountedWrites(io.BytesIO):
+    """A stream that counts the writes made to it."""
+
+    writes = 0
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        self.writes += 1
+        return super().write(data)
+
+
 @pytest.fixture
-def json_stdout() -> Iterator[io.BytesIO]:
+def json_stdout() -> Iterator[CountedWrites]:
     """configure_logging("info") writing to a buffer; the previous configuration put back after."""
     saved = structlog.get_config()
-    buffer = io.BytesIO()
+    buffer = CountedWrites()
     configure_logging("info", buffer)
     yield buffer
     structlog.configure(**saved)
@@ -219,78 +229,47 @@ def test_configured_logging_writes_an_access_line_as_one_json_object(json_stdout
     }  # fmt: skip
 
 
-class CountedWrites(io.BytesIO):
-    """A stream that counts the writes made to it."""
-
-    writes = 0
-
-    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
-        self.writes += 1
-        return super().write(data)
-
-
-async def test_the_lines_of_one_loop_turn_are_written_together_after_it():
+async def test_the_lines_of_one_loop_turn_are_written_together_after_it(json_stdout):
     """Inside the event loop, lines wait for the end of the turn (after the answer's bytes),
     then go out in one write; outside it, a line is written at once."""
-    saved = structlog.get_config()
-    stream = CountedWrites()
-    configure_logging("info", stream)
-    try:
-        logger = structlog.get_logger("gateway.test")
-        logger.info("request", request_id="r-1")
-        logger.info("request", request_id="r-2")
-        assert stream.getvalue() == b""
-        await loop_turns(1)
-        assert stream.writes == 1
-        assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [
-            "r-1", "r-2",
-        ]  # fmt: skip
-        await asyncio.to_thread(logger.info, "request", request_id="r-3")  # no loop there
-        assert stream.writes == 2
-        assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "r-3"
-    finally:
-        structlog.configure(**saved)
+    logger = structlog.get_logger("gateway.test")
+    logger.info("request", request_id="r-1")
+    logger.info("request", request_id="r-2")
+    assert json_stdout.getvalue() == b""
+    await loop_turns(1)
+    assert json_stdout.writes == 1
+    assert _field_of_each_line(json_stdout, "request_id") == ["r-1", "r-2"]
+    await asyncio.to_thread(logger.info, "request", request_id="r-3")  # no loop there
+    assert json_stdout.writes == 2
+    assert _field_of_each_line(json_stdout, "request_id")[-1] == "r-3"
 
 
-async def test_warnings_are_written_at_once_with_what_waited_before_them():
+async def test_warnings_are_written_at_once_with_what_waited_before_them(json_stdout):
     """A warning or an error is not held for the end of the turn: a crash must not take it."""
-    saved = structlog.get_config()
-    stream = CountedWrites()
-    configure_logging("info", stream)
-    try:
-        logger = structlog.get_logger("gateway.test")
-        logger.info("request", request_id="r-1")
-        logger.error("unhandled_error", path="/x")
-        assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == [
-            "request", "unhandled_error",
-        ]  # fmt: skip
-        assert stream.writes == 1
-    finally:
-        structlog.configure(**saved)
+    logger = structlog.get_logger("gateway.test")
+    logger.info("request", request_id="r-1")
+    logger.error("unhandled_error", path="/x")
+    assert _field_of_each_line(json_stdout, "event") == ["request", "unhandled_error"]
+    assert json_stdout.writes == 1
 
 
-def test_a_loop_that_closed_with_a_write_queued_leaves_no_line_behind():
+def test_a_loop_that_closed_with_a_write_queued_leaves_no_line_behind(json_stdout):
     """asyncio's loop drops what was queued when it closes: the next line, in or out of a
     loop, writes what waited too, rather than waiting for a write that will never run."""
-    saved = structlog.get_config()
-    stream = CountedWrites()
-    configure_logging("info", stream)
-    try:
-        logger = structlog.get_logger("gateway.test")
-        loop = asyncio.new_event_loop()
+    logger = structlog.get_logger("gateway.test")
+    loop = asyncio.new_event_loop()
 
-        async def last_turn() -> None:
-            logger.info("request", request_id="r-1")
-            loop.stop()  # the loop stops before the queued write's turn comes
+    async def last_turn() -> None:
+        logger.info("request", request_id="r-1")
+        loop.stop()  # the loop stops before the queued write's turn comes
 
-        turn = loop.create_task(last_turn())
-        loop.run_forever()
-        loop.close()
-        assert turn.done()
-        assert stream.getvalue() == b""
-        logger.info("request", request_id="r-2")  # outside any loop: written at once
-        assert [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()] == [
-            "r-1", "r-2",
-        ]  # fmt: skip
-    finally:
-        structlog.configure(**saved)
+    turn = loop.create_task(last_turn())
+    loop.run_forever()
+    loop.close()
+    assert turn.done() and json_stdout.getvalue() == b""
+    logger.info("request", request_id="r-2")  # outside any loop: written at once
+    assert _field_of_each_line(json_stdout, "request_id") == ["r-1", "r-2"]
+
+
+def _field_of_each_line(stream: io.BytesIO, field: str) -> list[object]:
+    return [json.loads(line)[field] for line in stream.getvalue().splitlines()]
