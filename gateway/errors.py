@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import ClassVar
 
 REQUEST_ID_HEADER = "x-amzn-RequestId"
 ERROR_TYPE_HEADER = "x-amzn-ErrorType"
@@ -41,7 +42,8 @@ class GatewayError(Exception):
     """A failure the gateway answers itself, before or instead of the upstream's answer."""
 
     status: int = 500
-    error_type: str = "InternalFailure"
+    #: A ClassVar: read through the class too (a compiled module may read only those so).
+    error_type: ClassVar[str] = "InternalFailure"
     #: Label for ``rejected_requests_total{reason}``; set on errors raised before forwarding.
     reason: str = "internal"
 

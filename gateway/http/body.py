@@ -106,12 +106,12 @@ class Body:
         (broken framing, a lost connection). A body that came whole with its head is returned
         at once: no timer is armed for it.
         """
-        if not self.complete and self._error is None and self._size <= limit:
+        if self._awaited(limit):
             self.high_water = self._wake_above = limit
             self._wanted()
             try:
                 async with asyncio.timeout(timeout_s):
-                    while not self.complete and self._size <= limit and self._error is None:
+                    while self._awaited(limit):
                         await self._wait()
             except TimeoutError:
                 raise BodyTimedOut(timeout_s or 0.0) from None
@@ -183,6 +183,13 @@ class Body:
             self._wake()
 
     # --- internals
+
+    def _awaited(self, limit: int) -> bool:
+        """More of the body is still to come and may be waited for: not complete, not failed,
+        not over ``limit``. A method, not an expression in ``read``'s loop: mypy keeps an
+        attribute narrowed by a check (``_error`` is None) across an ``await``, although another
+        callback may set it meanwhile, and the compiled module (mypyc) would trust that type."""
+        return not self.complete and self._error is None and self._size <= limit
 
     def _wanted(self) -> None:
         self._source.body_taken()

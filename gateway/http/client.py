@@ -226,16 +226,23 @@ class _Connection(asyncio.Protocol):
         try:
             await waiter
         except BaseException:
-            # Cancelled (deadline, caller gone) or failed: the answer may still come, so this
-            # connection can never carry another request. Unless it came whole already and
-            # the connection went back to the pool: then it may carry someone else's now.
-            if self._head_waiter is waiter:
-                self._head_waiter = None
-            if self._response is response:
-                self.abort()
+            self._exchange_abandoned(response, waiter)
             raise
         # No clearing of _head_waiter here: by now the connection may carry the next request.
         return response
+
+    def _exchange_abandoned(self, response: UpstreamResponse, waiter: asyncio.Future[None]) -> None:
+        """``exchange`` was cancelled (deadline, caller gone) or failed while waiting: the
+        answer may still come, so this connection can never carry another request. Unless it
+        came whole already and the connection went back to the pool: then it may carry
+        someone else's now. A method, not inline after the ``await``: mypy keeps the types of
+        ``_head_waiter`` and ``_response`` narrowed by the assignments before the ``await``,
+        although callbacks change both meanwhile, and the compiled module (mypyc) would trust
+        them."""
+        if self._head_waiter is waiter:
+            self._head_waiter = None
+        if self._response is response:
+            self.abort()
 
     def abort(self) -> None:
         """Close now, dropping anything unsent (an answer is in an unknown state)."""
