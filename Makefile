@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test demo lint format clean
+.PHONY: help venv test test-compiled demo lint format clean
 
 help:
 	@echo "make demo   emulator + gateway in one process, a few invocations, a table (no AWS account)"
 	@echo "make test   the whole test suite against real sockets, boto3 and the AWS CLI"
+	@echo "make test-compiled  the same suite against the hot modules compiled with mypyc"
 	@echo "make lint   ruff check, ruff format --check, mypy --strict on gateway/"
 	@echo "make bench  throughput, latency, CPU and memory against nginx proxy_pass (minutes)"
 	@echo "make tail   a request's phases inside the gateway at one connection, its slowest 1 %"
@@ -28,12 +29,19 @@ test: $(STAMP)
 	bash scripts/ensure-test-tools.sh
 	$(BIN)/pytest
 
+# The same suite against the build the image ships: the hot modules compiled with mypyc
+# (setup.py, SMGW_COMPILE=1), in a copy of the tracked files under /tmp; this tree stays pure
+# Python. A minute of compiling more than `make test`.
+test-compiled: $(STAMP)
+	bash scripts/ensure-test-tools.sh
+	VENV_BIN=$(CURDIR)/$(BIN) bash scripts/test-compiled.sh
+
 demo: $(STAMP)
 	$(BIN)/sagemaker-gateway demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench setup.py
+	$(BIN)/ruff format --check gateway tests bench setup.py
 	$(BIN)/mypy gateway
 
 format: $(STAMP)
