@@ -3,30 +3,44 @@
 #   podman build -t sagemaker-gateway .        (or docker build; --format docker keeps HEALTHCHECK)
 #   docker run -p 127.0.0.1:8080:8080 -e AWS_REGION=us-east-1 sagemaker-gateway
 #
-# The base is an ARG so a build can pin it by digest without editing this file:
+# The bases are ARGs so a build can pin them by digest without editing this file:
 #   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
-# Only these paths of the base are used: python3 on PATH with the venv module (stdlib +
-# ensurepip), /usr/sbin/groupadd and useradd. `make image-test` builds this file unchanged on a
-# locally bootstrapped stand-in for the base (deploy/scripts/image-test.sh says how it differs).
+#   --build-arg BUILD_IMAGE=python:3.11-bookworm@sha256:<digest>
+# The build stage compiles the hot modules with mypyc (setup.py, SMGW_COMPILE=1), so its base
+# needs a C compiler and Python's headers, which the official non-slim image has; the running
+# image is the slim one, without a compiler. The build stage's venv is copied into the runtime
+# stage as it is, so both bases must have the same Python at the same path (the official
+# python:3.11 images do: /usr/local/bin/python3). Only these paths of the bases are used: python3
+# on PATH with the venv module (stdlib + ensurepip), gcc and Python.h in the build base,
+# /usr/sbin/groupadd and useradd in the runtime base. `make image-test` builds this file
+# unchanged on locally bootstrapped stand-ins for both (deploy/scripts/image-test.sh says how
+# they differ).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BUILD_IMAGE=python:3.11-bookworm
 
 # --- build: a virtual environment in /opt/venv with the pinned dependencies and the gateway ---
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 RUN python3 -m venv /opt/venv
-# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
-COPY deploy/requirements.lock ./
-RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: -r requirements.lock
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: it is rebuilt only when the locks change. The build
+# tools (mypy, setuptools) go into the same venv: mypyc type-checks the modules it compiles and
+# must see the dependencies' types, so the project is built there, without build isolation.
+COPY deploy/requirements.lock deploy/requirements-build.lock ./
+RUN /opt/venv/bin/pip install --no-deps --only-binary=:all: \
+        -r requirements.lock -r requirements-build.lock
+COPY pyproject.toml setup.py README.md ./
 COPY gateway ./gateway
-# The project alone (--no-deps: the lock above is the whole dependency set), then `pip check`
-# proves the lock is complete, then pip and setuptools leave: the running image installs nothing.
-RUN /opt/venv/bin/pip install --no-deps . \
+# The project alone, compiled (--no-deps: the lock above is the whole dependency set); the
+# build tools leave, then `pip check` proves the lock is complete, then pip leaves too: the
+# running image installs nothing.
+RUN SMGW_COMPILE=1 /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip uninstall --yes -r requirements-build.lock \
     && /opt/venv/bin/pip check \
-    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
+    && /opt/venv/bin/python -m pip uninstall --yes pip \
+    && /opt/venv/bin/python -c 'import gateway.http.server as m; assert m.__file__.endswith(".so"), m.__file__'
 
 # --- runtime: the base plus /opt/venv; no compiler, no pip cache, no source tree ---
 FROM ${PYTHON_IMAGE}

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # make image-test: build the real Dockerfile, unchanged, with podman on a locally made stand-in for
 # its base image, run the image, and check it the way a user would:
-#   /healthz answers; /readyz is ready; one InvokeEndpoint goes through the container to the
-#   emulator on the host and the emulator accepted its SigV4 signature; the process runs as a
-#   non-root uid on a read-only root filesystem with no capabilities; SIGTERM exits 0.
+#   /healthz answers; /readyz is ready; the running gateway has the hot modules compiled by mypyc
+#   loaded (gateway.http.server from its .so); one InvokeEndpoint goes through the container to
+#   the emulator on the host and the emulator accepted its SigV4 signature; the process runs as
+#   a non-root uid on a read-only root filesystem with no capabilities; SIGTERM exits 0.
 # It prints the image size and leaves nothing behind: podman keeps its images and containers in a
 # private store in a new directory under /tmp ($WORK), removed on exit, whatever the outcome.
 #
-# Why a stand-in: this machine reaches no container registry, so python:3.11-slim-bookworm cannot
-# be pulled. The script bootstraps Debian bookworm from Debian's own package mirror (the one apt
-# is configured with), adds Debian's python3.11, and imports it into podman under the base image's
-# exact name, read from the Dockerfile's ARG. What the Dockerfile uses of the base is the same on
-# both; how the stand-in differs from the official image:
+# Why stand-ins: this machine reaches no container registry, so neither python:3.11-slim-bookworm
+# (the runtime stage's base) nor python:3.11-bookworm (the build stage's) can be pulled. The
+# script bootstraps Debian bookworm from Debian's own package mirror (the one apt is configured
+# with), adds Debian's python3.11, and imports it into podman under the runtime base's exact name,
+# read from the Dockerfile's ARG PYTHON_IMAGE. Then it installs gcc, libc6-dev and python3.11-dev
+# into the same tree with apt and imports that under the build base's name (ARG BUILD_IMAGE): the
+# official non-slim image has a compiler and Python's headers too, which mypyc's build needs, and
+# both stand-ins have the same Python at the same path, as the official images do (the venv is
+# built in one and run in the other). What the Dockerfile uses of the bases is the same on both;
+# how the stand-ins differ from the official images:
 #   - Python is Debian's python3.11 (3.11.2 + Debian patches) in /usr/bin, reached through
 #     /usr/local/bin/{python3,python,pip,pip3} symlinks; the official image builds CPython 3.11.x
 #     from source into /usr/local. Both give `python3 -m venv` with pip from ensurepip (Debian's
@@ -23,6 +29,8 @@
 #     lock. The official image needs neither. These two env vars are the only extra ones.
 #   - Documentation, man pages and locales are deleted, as the official slim image's dpkg config
 #     excludes them; the size printed is therefore close to, not equal to, the official image's.
+#   - The build stand-in has only the compiler and headers added; the official python:3.11-bookworm
+#     has much more (buildpack-deps). Its size does not matter: no layer of it is shipped.
 #
 # What podman (Debian's 4.3) needs on this machine, all set below in PM and the run/build flags:
 #   - --cgroup-manager=cgroupfs and --events-backend=file: no systemd, no journald.
@@ -91,15 +99,21 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$WORK/tmp"
 
-# --- the stand-in base image -------------------------------------------------------------------
+# --- the stand-in base images ----------------------------------------------------------------
+image_name() {  # REF: the name `FROM REF` resolves to
+    case "$1" in
+        *@*) fail "a digest-pinned base cannot be stood in for; pass it unpinned" ;;
+        */*/*) echo "$1" ;;                         # registry/namespace/name:tag
+        */*) echo "docker.io/$1" ;;
+        *) echo "docker.io/library/$1" ;;           # what `FROM python:...` resolves to
+    esac
+}
 base_ref=$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)
 [ -n "$base_ref" ] || fail "Dockerfile has no 'ARG PYTHON_IMAGE=' default"
-case "$base_ref" in
-    */*/*) base_name="$base_ref" ;;                    # registry/namespace/name:tag
-    */*) base_name="docker.io/$base_ref" ;;
-    *) base_name="docker.io/library/$base_ref" ;;      # what `FROM python:...` resolves to
-esac
-case "$base_name" in *@*) fail "a digest-pinned base cannot be stood in for; pass it unpinned" ;; esac
+build_ref=$(sed -n 's/^ARG BUILD_IMAGE=//p' Dockerfile)
+[ -n "$build_ref" ] || fail "Dockerfile has no 'ARG BUILD_IMAGE=' default"
+base_name=$(image_name "$base_ref")
+build_name=$(image_name "$build_ref")
 
 # The Debian mirror apt already uses: debian.sources (deb822) or sources.list (one-line form).
 mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\)\/\{0,1\}$/\1/p' /etc/apt/sources.list.d/*.sources \
@@ -122,22 +136,40 @@ if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
     chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 || fail "update-ca-certificates"
 fi
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
-    "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/tmp/*
+slim() {  # what the official slim image leaves out, and apt's downloads
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/tmp/*
+}
+import_rootfs() {  # NAME: the tree in $rootfs as image NAME
+    tar -C "$rootfs" --numeric-owner -cf - . | pm import \
+        --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change "ENV PYTHON_VERSION=$python_version" \
+        --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+        --change 'CMD ["python3"]' \
+        --quiet - "$1" >/dev/null
+}
+slim
 python_version=$(chroot "$rootfs" /usr/bin/python3.11 -c 'import platform; print(platform.python_version())')
-tar -C "$rootfs" --numeric-owner -cf - . | pm import \
-    --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8' \
-    --change "ENV PYTHON_VERSION=$python_version" \
-    --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
-    --change 'CMD ["python3"]' \
-    --quiet - "$base_name" >/dev/null
+import_rootfs "$base_name"
+
+step "the same tree plus gcc, libc6-dev, python3.11-dev as $build_name"
+# apt inside the tree, from the mirror debootstrap wrote into its sources.list; no service starts.
+printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+chmod +x "$rootfs/usr/sbin/policy-rc.d"
+{ chroot "$rootfs" apt-get -o Acquire::Check-Valid-Until=false update \
+    && chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        --no-install-recommends gcc libc6-dev python3.11-dev; } >"$WORK/apt.log" 2>&1 \
+    || { tail -n 30 "$WORK/apt.log" >&2; fail "apt-get install in the build stand-in"; }
+rm -f "$rootfs/usr/sbin/policy-rc.d"
+slim
+import_rootfs "$build_name"
 rm -rf "$rootfs"
 pm images
 
 # --- the real Dockerfile, unchanged --------------------------------------------------------------
-step "podman build (Dockerfile unchanged; FROM $base_ref)"
+step "podman build (Dockerfile unchanged; FROM $build_ref, then FROM $base_ref)"
 # --format docker: the OCI image format has no HEALTHCHECK, and podman would drop it.
 pm build --pull=never --network=host --format docker --runtime runc "${ULIMITS[@]}" \
     --tag "$IMAGE" --file Dockerfile . 2>&1 | tee "$WORK/build.log" | grep -E 'STEP [0-9]+/|^COMMIT|^Successfully installed' || true
@@ -181,6 +213,12 @@ wait_for "http://127.0.0.1:$emulator_port/_emulator/requests" 30 || fail "emulat
 wait_for "http://127.0.0.1:$gateway_port/readyz" 30 \
     || { pm logs "$CONTAINER" >&2; fail "/readyz did not answer 200"; }
 echo "/readyz 200"
+
+# The gateway's own process (the entry point runs as pid 1) has the compiled modules mapped.
+compiled=$(pm exec "$CONTAINER" grep -o '/opt/venv/[^ ]*/gateway/http/server\.[^ /]*\.so$' /proc/1/maps \
+    | head -n1) || true
+[ -n "$compiled" ] || fail "gateway.http.server is not loaded from a compiled extension (mypyc)"
+echo "gateway.http.server is compiled: $compiled is mapped in the gateway process"
 
 uid=$(pm exec "$CONTAINER" id -u)
 echo "uid in the container: $uid"
