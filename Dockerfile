@@ -35,12 +35,13 @@ COPY pyproject.toml setup.py README.md ./
 COPY gateway ./gateway
 # The project alone, compiled (--no-deps: the lock above is the whole dependency set); the
 # build tools leave, then `pip check` proves the lock is complete, then pip leaves too: the
-# running image installs nothing.
+# running image installs nothing. The last line fails the build unless the server module imports
+# from its compiled extension (-I: not from the sources in /src).
 RUN SMGW_COMPILE=1 /opt/venv/bin/pip install --no-deps --no-build-isolation . \
     && /opt/venv/bin/pip uninstall --yes -r requirements-build.lock \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m pip uninstall --yes pip \
-    && /opt/venv/bin/python -c 'import gateway.http.server as m; assert m.__file__.endswith(".so"), m.__file__'
+    && /opt/venv/bin/python -I -c 'import gateway.http.server as m; assert m.__file__.endswith(".so"), m.__file__'
 
 # --- runtime: the base plus /opt/venv; no compiler, no pip cache, no source tree ---
 FROM ${PYTHON_IMAGE}
