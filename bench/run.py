@@ -270,6 +270,11 @@ def main() -> int:
         "--rounds", type=int, default=3, help="interleaved rounds; the table gives medians"
     )
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
+    parser.add_argument(
+        "--gateway-tree",
+        type=Path,
+        help="run the gateway from this copy of the tree (make bench: compiled, as the image has)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -290,8 +295,12 @@ def main() -> int:
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     python = sys.executable
+    # make bench: a copy of the tree with the hot modules compiled, as the image ships them;
+    # without --gateway-tree, this tree's pure Python.
+    tree = args.gateway_tree
+    launch = ["env", "-C", str(tree), f"PYTHONPATH={tree}", python] if tree else [python]
     gateway_command = [
-        python, "-m", "gateway", "serve", "--port", str(gateway_port), "--region", "us-east-1",
+        *launch, "-m", "gateway", "serve", "--port", str(gateway_port), "--region", "us-east-1",
         "--upstream-url", f"http://127.0.0.1:{backend_port}", "--shutdown-grace", "0",
         *(["--workers", str(args.workers)] if args.workers > 1 else []),
     ]  # fmt: skip
@@ -351,7 +360,7 @@ def main() -> int:
         ) as _emulator,  # fmt: skip
         process(
             [
-                python,
+                *launch,
                 "-m",
                 "gateway",
                 "serve",

@@ -11,17 +11,11 @@ VENV_BIN="${VENV_BIN:-$PWD/.venv/bin}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sagemaker-gateway-compiled.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-# --ignore-failed-read: a tracked file deleted in the working tree is left out, not an error.
-git ls-files -z | tar --null --ignore-failed-read -T - -cf - | tar -C "$work" -xf -
-cd "$work"
-
-started_at=$(date +%s)
-SMGW_COMPILE=1 "$VENV_BIN/python" setup.py --quiet build_ext --inplace --parallel "$(nproc)" \
-    >build.log 2>&1 || { tail -n 40 build.log >&2; echo "test-compiled: FAIL: mypyc build" >&2; exit 1; }
-echo "compiled in $(($(date +%s) - started_at)) s:"
+VENV_BIN="$VENV_BIN" bash scripts/compiled-copy.sh "$work/tree"
+cd "$work/tree"
 
 # Every module setup.py lists must now load from its extension, not from its .py file.
-export PYTHONPATH="$work"
+export PYTHONPATH="$work/tree"
 "$VENV_BIN/python" - <<'PY'
 import ast
 import importlib
