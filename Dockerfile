@@ -58,6 +58,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SMGW_PORT=8080
+# The venv was built on the build stage's base: the compiled modules must load on this one too
+# (the same Python, at the same path), or the build fails here rather than at the first request.
+RUN python3 -I -c 'import gateway.http.server as m; assert m.__file__.endswith(".so"), m.__file__'
 USER 10001:10001
 EXPOSE 8080
 # Docker and podman (--format docker) use this; Kubernetes ignores it and uses the probes on

@@ -26,6 +26,8 @@ venv: $(STAMP)
 
 # Debian's prometheus (server, promtool) and awscli (CLI v2) packages, which the tests drive.
 test: $(STAMP)
+	@# A compiled module in this tree would be imported in place of the .py file being tested.
+	@! find gateway -name '*.so' | grep . || { echo "compiled modules in gateway/: remove them (make clean)"; exit 1; }
 	bash scripts/ensure-test-tools.sh
 	$(BIN)/pytest
 
@@ -50,6 +52,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find gateway -name '*.so' -delete
 
 # --- Deploy: the container image and the Kubernetes manifests (deploy/README.md) ---------------
 .PHONY: deploy-check image-test
