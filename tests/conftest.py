@@ -45,6 +45,17 @@ AWS_CLI = str(Path(sys.executable).with_name("aws"))
 AWS_CLI_V2 = "/usr/bin/aws"
 
 
+def gateway_process_env(**variables: str) -> dict[str, str]:
+    """The environment of a gateway started as its own process: ``variables`` on a bare base
+    (PATH, HOME), and PYTHONPATH when this run has one. `make test-compiled` puts its compiled
+    copy of the tree first on PYTHONPATH, so the child runs the build under test too, not the
+    venv's editable install of the source."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return {**env, **variables}
+
+
 @pytest.fixture
 def gateway_credentials() -> SigningCredentials:
     return SigningCredentials(ACCESS_KEY, SECRET_KEY)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
@@ -13,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.demo import free_port
-from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, run_aws_cli
+from tests.conftest import ACCESS_KEY, REGION, SECRET_KEY, gateway_process_env, run_aws_cli
 from tests.waiting import poll
 
 
@@ -29,18 +28,16 @@ async def healthy(url: str) -> bool:
 def served_env(emulator) -> dict[str, str]:
     """The environment of a served gateway: test keys for botocore's env chain, nothing else
     of this machine's AWS set-up, the emulator as upstream, no shutdown grace."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "SMGW_REGION": REGION,
-        "SMGW_UPSTREAM_URL": str(emulator.make_url("")).rstrip("/"),
-        "SMGW_SHUTDOWN_GRACE": "0",
-    }
+    return gateway_process_env(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+        SMGW_REGION=REGION,
+        SMGW_UPSTREAM_URL=str(emulator.make_url("")).rstrip("/"),
+        SMGW_SHUTDOWN_GRACE="0",
+    )
 
 
 @pytest.fixture
@@ -171,7 +168,7 @@ async def test_the_demo_runs_without_aws_and_prints_its_table():
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "demo",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": "/tmp"},
+        env=gateway_process_env(HOME="/tmp"),
     )  # fmt: skip
     async with asyncio.timeout(60):
         out, err = await process.communicate()

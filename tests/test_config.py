@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import OPTIONS, Config, ConfigError, load_config
+from tests.conftest import gateway_process_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ def test_the_cli_prints_one_line_and_exits_2_on_a_bad_value():
 
 def test_the_cli_exits_2_without_a_region():
     """No region anywhere: one line naming the option, exit 2."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    env = gateway_process_env(PATH="/usr/bin:/bin", HOME="/tmp")
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "serve"],
         capture_output=True,

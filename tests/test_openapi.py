@@ -5,7 +5,6 @@ silent about the deployment."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, UnknownOperation, Ver
 from gateway.openapi import describe, document_bytes
 from gateway.operations import SERVICE_NAME, load_operations, load_service_model
 from gateway.validation import validate_header
-from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.conftest import ACCESS_KEY, SECRET_KEY, gateway_process_env
 from tests.toolchains import require
 
 OPERATIONS = load_operations()
@@ -276,7 +275,7 @@ async def test_the_description_reveals_nothing_of_the_deployment(start_gateway, 
 def test_the_cli_prints_the_description_without_a_region():
     """`sagemaker-gateway openapi --max-body-bytes 1000` prints the document a gateway with that
     option serves, needing no region; a bad option is one line and exit 2."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/tmp"}
+    env = gateway_process_env(HOME="/tmp")
     printed = subprocess.run(
         [sys.executable, "-m", "gateway", "openapi", "--max-body-bytes", "1000"],
         capture_output=True, timeout=60, env=env, check=True,

@@ -24,7 +24,8 @@ For every object kustomize rendered:
    grace after SIGTERM plus a drain that outlasts the upstream timeout).
 
 Also: every [project] dependency of pyproject.toml is pinned in deploy/requirements.lock with a
-version the dependency's specifier allows (the image installs the lock with --no-deps).
+version the dependency's specifier allows (the image installs the lock with --no-deps), and
+the mypy deploy/requirements-build.lock compiles the image with is the one the test extra pins.
 """
 
 from __future__ import annotations
@@ -434,15 +435,21 @@ def check_shutdown(
         findings.error(here, f"terminationGracePeriodSeconds {grace} <= {needed} s: {seconds}")
 
 
-def check_lock(findings: Findings) -> int:
-    """Every runtime dependency is pinned in the lock with an allowed version."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def _pins(path: str) -> dict[str, Version]:
+    """The ``name==version`` lines of a requirements file, by canonical name."""
     pins: dict[str, Version] = {}
-    for line in (ROOT / "deploy/requirements.lock").read_text().splitlines():
+    for line in (ROOT / path).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             name, _, version = line.partition("==")
             pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def check_lock(findings: Findings) -> int:
+    """Every runtime dependency is pinned in the lock with an allowed version."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins("deploy/requirements.lock")
     for text in project["dependencies"]:
         requirement = Requirement(text)
         pinned = pins.get(canonicalize_name(requirement.name))
@@ -455,6 +462,28 @@ def check_lock(findings: Findings) -> int:
                 "run deploy/scripts/lock-requirements.sh",
             )
     return len(project["dependencies"])
+
+
+def check_build_lock(findings: Findings) -> str:
+    """The image compiles with the mypy that `make test-compiled` tests: the test extra's pin
+    and deploy/requirements-build.lock's are the same version. Returns that version."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    tested = [
+        Requirement(text)
+        for text in extra["optional-dependencies"]["test"]
+        if canonicalize_name(Requirement(text).name) == "mypy"
+    ]
+    built = _pins("deploy/requirements-build.lock").get("mypy")
+    here = "deploy/requirements-build.lock"
+    if len(tested) != 1 or len(tested[0].specifier) != 1 or built is None:
+        findings.error(here, "mypy must be pinned (==) once in the test extra and in this lock")
+        return "?"
+    pin = next(iter(tested[0].specifier))
+    if pin.operator != "==" or Version(pin.version) != built:
+        findings.error(
+            here, f"mypy=={built} here, {pin} in pyproject.toml's test extra: make them equal"
+        )
+    return str(built)
 
 
 def main() -> int:
@@ -482,6 +511,7 @@ def main() -> int:
         print(f"{overlay}: {len(objects)} objects, {gateways} gateway container(s): {status}")
     dependencies = check_lock(findings)
     print(f"requirements.lock: {dependencies} [project] dependencies checked")
+    print(f"requirements-build.lock: mypy {check_build_lock(findings)}, as make test-compiled")
     for error in findings.errors:
         print(f"ERROR {error}", file=sys.stderr)
     return 1 if findings.errors else 0
