@@ -142,12 +142,17 @@ async def test_clients_that_disconnect_cancel_their_upstream_requests(start_gate
 
 
 async def test_the_concurrency_cap_answers_429_at_once(start_gateway, journal):
-    """With max_concurrent_requests 2 and two requests held, a third gets 429 at once."""
+    """With max_concurrent_requests 2 and two requests held, a third gets 429 at once, counted
+    as rejected for concurrency_limit (the SageMakerGatewaySaturated alert's reason)."""
     gateway = await start_gateway(max_concurrent_requests=2, upstream_timeout_s=30.0)
     async with unlimited_session() as session:
         held = [asyncio.create_task(invoke(session, gateway, "hang")) for _ in range(2)]
         await poll(lambda: len(journal) == 2)
         assert await invoke(session, gateway, "echo") == (429, "ThrottlingException")
+        rejected = gateway.app.metrics.registry.get_sample_value(
+            "sagemaker_gateway_rejected_requests_total", {"reason": "concurrency_limit"}
+        )
+        assert rejected == 1
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
