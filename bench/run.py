@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
@@ -263,18 +264,18 @@ def compared(spec: str, port_of: dict[str, int], upstream: str) -> list[tuple[st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="seconds per throughput run")
+    parser.add_argument("--seconds", type=positive, default=5, help="seconds per throughput run")
     parser.add_argument(
-        "--latency-seconds", type=int, default=1, help="seconds per 1- and 4-connection slice"
+        "--latency-seconds", type=positive, default=1, help="seconds per 1- and 4-connection slice"
     )
     parser.add_argument(
         "--latency-slices",
-        type=int,
+        type=positive,
         default=15,
         help="interleaved 1- and 4-connection slices; their p99s are compared slice by slice",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds; the table gives medians"
+        "--rounds", type=positive, default=3, help="interleaved rounds; the table gives medians"
     )
     parser.add_argument("--workers", type=int, default=1, help="gateway --workers")
     parser.add_argument(
@@ -340,14 +341,18 @@ def main() -> int:
         for url, _ in systems.values():
             wrk(url, workdir / "body-100B", 32, 2, workdir)  # warm-up: pools and caches
         # Interleaved: each measurement is taken of every system in turn, round after round
-        # (the first system moving on each round), so that the machine's drift between one
-        # system and the next is short, and a round's ratios compare like with like. Latency
-        # at 1 and 4 connections first: after the 5 MB runs a process is still returning
-        # memory and finishing the last large bodies, which would show as p99.
-        # The tail at 1 and 4 connections is taken in many short slices rather than a few
-        # long runs: on this shared machine a burst of someone else's work lifts every
-        # system's p99 for a second or two (nginx's own by milliseconds), and falls into one
-        # slice of one system; the median slice says what the proxy adds when it does not.
+        # (in_turn: who goes first, and who follows whom, change from round to round), so
+        # that the machine's drift between one system and the next is short, and a round's
+        # ratios compare like with like. Latency at 1 and 4 connections first: after the 5 MB
+        # runs a process is still returning memory and finishing the last large bodies,
+        # which would show as p99.
+        # The tail at 1 and 4 connections is taken in many one-second slices rather than a
+        # few long runs. On this shared machine a burst of other work lifts the p99 of
+        # whatever runs in that second or two (nginx's own by milliseconds). Subtracting the
+        # direct p99 of the same slice takes out the drift from slice to slice, not a burst
+        # (each system has its own second); the median over slices passes over the few
+        # slices bursts spoil, for every system alike, and estimates the p99 of a typical
+        # second. The report prints the worst slice beside it.
         specs = [
             ("100B", connections, args.latency_seconds, args.latency_slices)
             for connections in (1, 4)
@@ -359,8 +364,7 @@ def main() -> int:
         for body, connections, seconds, rounds in specs:
             names = [n for n in systems if connections != 32 or n != "direct"]
             for round_ in range(rounds):
-                turn = round_ % len(names)
-                for name in names[turn:] + names[:turn]:
+                for name in in_turn(names, round_):
                     url, pid = systems[name]
                     pids = children(pid)
                     rss_pid = pids[-1] if connections == 32 else None
@@ -423,6 +427,32 @@ def median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
+def in_turn(names: list[str], round_: int) -> list[str]:
+    """The order of the systems in round ``round_``: rotated by one each round, and reversed
+    every other round, so that no system always follows the same one."""
+    turn = round_ % len(names)
+    order = names[turn:] + names[:turn]
+    return order[::-1] if round_ % 2 else order
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided p-value of ``wins`` against ``losses`` if either side were as likely to be
+    ahead in each slice (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """The 25th, 50th and 75th percentiles of ``values`` (all three the value when alone)."""
     if len(values) < 2:
@@ -435,6 +465,8 @@ def summarized(runs: list[Run]) -> list[Run]:
     """One Run per system, body and connections: the median of its rounds, field by field."""
     groups: dict[tuple[str, str, int], list[Run]] = {}
     for run in runs:
+        if not run.requests:  # wrk finished none: no percentiles, nothing to take a median of
+            continue
         groups.setdefault((run.system, run.body, run.connections), []).append(run)
     summary = []
     for (system, body, connections), group in groups.items():
@@ -449,13 +481,20 @@ def summarized(runs: list[Run]) -> list[Run]:
     return summary
 
 
-def p99_added(runs: list[Run], system: str, connections: int) -> list[float]:
-    """Per round: the system's p99 less the direct p99 measured in the same round."""
+def p99_added(runs: list[Run], system: str, connections: int) -> dict[int, float]:
+    """By round (slice): the system's p99 less the direct p99 measured in the same one; a run
+    in which wrk finished no request is left out, and so is its round's for everyone."""
     direct = {
-        r.round: r.p99_ms for r in runs if r.system == "direct" and r.connections == connections
+        r.round: r.p99_ms
+        for r in runs
+        if r.system == "direct" and r.connections == connections and r.requests
     }
-    mine = [r for r in runs if r.system == system and r.connections == connections]
-    return [r.p99_ms - direct[r.round] for r in mine if r.round in direct]
+    return {
+        r.round: r.p99_ms - direct[r.round]
+        for r in runs
+        if r.system == system and r.connections == connections and r.requests
+        and r.round in direct
+    }  # fmt: skip
 
 
 def report(runs: list[Run], stream: dict) -> list[Run]:
@@ -478,17 +517,21 @@ def report(runs: list[Run], stream: dict) -> list[Run]:
             f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {cpu:.0f} | "
             f"{cpu / (base.cpu_us_per_request or 1):.1f} | {run.rss_mb or 0:.0f} |"
         )
-    print(f"\nLatency at 1 and 4 connections, 100 B: medians of {slices} interleaved slices; "
-          "the p99 added is taken slice by slice against the direct run of the same slice, "
-          "and its quartiles over the slices are in brackets.")  # fmt: skip
-    print("\n| system | connections | p50 ms | p99 ms | p99 added over direct, ms (quartiles) |")
+    print(f"\nLatency at 1 and 4 connections, 100 B: medians over {slices} interleaved slices "
+          "of each slice's figure. The p99 added is each slice's p99 less the direct p99 of "
+          "the same slice; its quartiles over the slices and its worst slice follow.")  # fmt: skip
+    print("\n| system | connections | p50 ms | p99 ms | p99 added over direct, ms "
+          "(quartiles; worst slice) |")  # fmt: skip
     print("|---|---|---|---|---|")
     for run in summary:
         if run.connections in (1, 4):
-            added = p99_added(runs, run.system, run.connections)
+            added = list(p99_added(runs, run.system, run.connections).values())
+            if not added:
+                continue
             low, _, high = quartiles(added)
+            spread = f"{low:+.3f} to {high:+.3f}; {max(added):+.3f}"
             print(f"| {run.system} | {run.connections} | {run.p50_ms:.3f} | {run.p99_ms:.3f} | "
-                  f"{median(added):+.3f} ({low:+.3f} to {high:+.3f}) |")  # fmt: skip
+                  f"{median(added):+.3f} ({spread}) |")  # fmt: skip
     named = dict.fromkeys(r.system for r in runs)
     others = [n for n in named if n not in (GATEWAY, "direct") and not n.startswith("nginx")]
     for other in others:
@@ -498,7 +541,7 @@ def report(runs: list[Run], stream: dict) -> list[Run]:
             for round_ in range(rounds):
                 pair = {r.system: r for r in runs if r.body == body and r.connections == 32
                         and r.round == round_ and r.system in (GATEWAY, other)}  # fmt: skip
-                if len(pair) == 2:
+                if len(pair) == 2 and pair[other].rps:
                     ratios.append(pair[GATEWAY].rps / pair[other].rps)
                     cpu_ratio = (pair[GATEWAY].cpu_us_per_request or 0) / (
                         pair[other].cpu_us_per_request or 1
@@ -508,11 +551,15 @@ def report(runs: list[Run], stream: dict) -> list[Run]:
             if ratios:
                 print(f"  {body}: median req/s ratio {median(ratios):.2f}x")
         mine, theirs = (p99_added(runs, name, 1) for name in (GATEWAY, other))
-        if mine and len(mine) == len(theirs):
-            ahead = sum(a <= b for a, b in zip(mine, theirs, strict=True))
-            print(f"  1 connection: p99 added {median(mine):+.3f} ms against {median(theirs):+.3f}"
-                  f" ms (medians of {len(mine)} slices); the gateway's is no longer in {ahead}"
-                  f" of them")  # fmt: skip
+        both = sorted(mine.keys() & theirs.keys())
+        if both:
+            wins = sum(mine[k] < theirs[k] for k in both)
+            ties = sum(mine[k] == theirs[k] for k in both)
+            losses = len(both) - wins - ties
+            print(f"  1 connection, p99 added: {median([mine[k] for k in both]):+.3f} ms against "
+                  f"{median([theirs[k] for k in both]):+.3f} ms (medians of {len(both)} slices); "
+                  f"the gateway's is shorter in {wins}, equal in {ties}, longer in {losses} "
+                  f"(sign test p = {sign_test(wins, losses):.3f})")  # fmt: skip
     print(
         f"\nfirst streamed part (median of 30): direct {stream['direct']:.2f} ms, "
         f"through the gateway {stream['gateway']:.2f} ms, added {stream['added']:+.2f} ms"
