@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 from collections.abc import Iterator
 
 import aiohttp
@@ -20,7 +21,7 @@ from structlog.testing import capture_logs
 from gateway.log import access_fields, configure_logging
 from gateway.metrics import Outcome
 from tests.conftest import ACCESS_KEY, SECRET_KEY
-from tests.waiting import loop_turns
+from tests.waiting import loop_turns, poll
 
 #: The fields of every access line for a request whose endpoint name was valid.
 ACCESS_FIELDS = {
@@ -94,6 +95,37 @@ async def test_each_request_writes_one_access_line_with_its_fields(gateway):
     )  # fmt: skip
     assert header["request_id"] == refused[1]["x-amzn-RequestId"]
     assert len({line["request_id"] for line in lines}) == 4
+
+
+async def test_the_answer_is_on_the_wire_before_its_access_line_is_made(gateway):
+    """When the access line of a request is made, its caller can already read the whole
+    answer: the gateway writes it before its own bookkeeping (metrics, the line), not after.
+    Checked from a raw socket while the line is being made, with the event loop held there,
+    so the answer can only have arrived if it was written before."""
+    payload = b'{"ping": 42}'
+    request = (b"POST /endpoints/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+               % (len(payload), payload))  # fmt: skip
+    caller = socket.create_connection((gateway.host, gateway.port), timeout=2)
+    readable_then: list[bytes] = []
+
+    def at_the_access_line(_: object, __: str, event: dict) -> dict:
+        if event["event"] == "request":
+            try:  # what has arrived, waiting up to 2 s (the loop cannot write meanwhile)
+                readable_then.append(caller.recv(65536))
+            except TimeoutError:
+                readable_then.append(b"")
+        return event
+
+    try:
+        with capture_logs() as logs:
+            structlog.get_config()["processors"].insert(0, at_the_access_line)
+            caller.sendall(request)
+            await poll(lambda: len(access_lines(logs)) == 1)
+    finally:
+        caller.close()
+    assert readable_then and readable_then[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert readable_then[0].endswith(b"\r\n\r\n" + payload)
 
 
 async def test_a_streams_line_adds_its_first_part_parts_largest_gap_and_outcome(gateway):

@@ -200,8 +200,9 @@ class Response:
     :meth:`write` and :meth:`finish`.
 
     The last bytes (the whole of a sent answer, a stream's end) go out when the handler has
-    returned, as with aiohttp: what the handler records after answering (metrics, the access
-    line) is recorded before the caller can see its answer complete.
+    returned, or sooner if the handler calls :meth:`flush` itself: the proxy does, so that its
+    metrics and access line follow the answer onto the wire instead of delaying it. Either
+    way they are written in the same step of the event loop, before anything else is served.
     """
 
     __slots__ = ("_chunked", "_connection", "_head_only", "_last", "_request", "finished",
@@ -253,7 +254,9 @@ class Response:
         self.finished = True
 
     def flush(self) -> None:
-        """Write what :meth:`send` or :meth:`finish` left (the connection calls this)."""
+        """Write what :meth:`send` or :meth:`finish` left. The connection calls this when the
+        handler returns; a handler may call it sooner (after either), and nothing is written
+        twice."""
         if self._last:
             self._connection.write(self._last)
             self._last = b""
