@@ -52,12 +52,12 @@ class LineWriter:
     loop go out together at its end, in one system call, rather than one each.
 
     Written here because structlog's BytesLogger flushes every line, and the access line is on
-    every request: a write(2) each, made before the answer's last bytes go out (the handler
-    logs, then returns). Batched, a busy gateway writes a turn's lines at once, and even a lone
-    request's line is written after its answer. Warnings and errors are written at once, with
-    whatever waits before them: they are the lines a crash must not take with it. Outside a
-    running loop (start-up, another thread, a loop that closed with a write still queued) a
-    line is written at once; what is pending at exit is written then.
+    every request: a write(2) each. Batched, a busy gateway writes a turn's lines at once, and
+    a lone request's line goes out at the end of the turn its answer went out in. Warnings and
+    errors are written at once, with whatever waits before them: they are the lines a crash
+    must not take with it. Outside a running loop (start-up, another thread, a loop that
+    closed with a write still queued) a line is written at once; what is pending at exit is
+    written then.
     """
 
     def __init__(self, stream: BinaryIO) -> None:

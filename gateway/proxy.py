@@ -142,6 +142,7 @@ class Proxy:
         in_flight.inc()
         self.state.in_flight += 1
         release = None
+        cancelled = False
         try:
             if self.state.in_flight > self.config.max_concurrent_requests:
                 raise Throttled(
@@ -163,21 +164,25 @@ class Proxy:
             # The caller went away (the connection cancels the handler): nginx's 499, so the
             # request is not counted as a success with no status.
             outcome.status, outcome.error = 499, "ClientClosedRequest"
+            cancelled = True
             raise
         finally:
-            if response.finished and outcome.status != 499:
-                # The answer goes out before the bookkeeping below, not after it: at one
-                # connection the caller has it that much sooner (bench/README.md). Still in
-                # this step of the loop, so no other request, nor a scrape of /metrics, is
-                # served before the request is recorded.
-                response.flush()
-            if release is not None:
-                release()
-            self.state.in_flight -= 1
-            in_flight.dec()
-            outcome.duration_s = time.perf_counter() - started
-            self.metrics.record(outcome)
-            self.log.info("request", **access_fields(outcome))
+            try:
+                if response.finished and not cancelled:
+                    # The answer goes out before the bookkeeping below rather than after it:
+                    # at one connection the caller has it that much sooner (bench/README.md).
+                    # This process serves nothing else before the request is recorded (the
+                    # same step of its loop), but a scrape served by another --workers
+                    # process, or a thread reading the registry, may not count it yet.
+                    response.flush()
+            finally:
+                if release is not None:
+                    release()
+                self.state.in_flight -= 1
+                in_flight.dec()
+                outcome.duration_s = time.perf_counter() - started
+                self.metrics.record(outcome)
+                self.log.info("request", **access_fields(outcome))
 
     def _route(self, request: Request) -> tuple[str, str]:
         """The operation suffix and the validated endpoint name, read from the raw target."""

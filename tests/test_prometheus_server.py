@@ -385,16 +385,16 @@ def scraped(live_gateway, prometheus) -> Prometheus:
             post(live_gateway, endpoint, headers)
         for endpoint in streams[id(calls)]:
             assert post(live_gateway, endpoint, suffix=STREAM) == 200
-        requests = family_total(live_gateway.registry, "sagemaker_gateway_requests_total")
-        rejected = family_total(live_gateway.registry, "sagemaker_gateway_rejected_requests_total")
+        # The registry is read afresh each time: this thread may see an answer a moment before
+        # the gateway's loop has counted it.
         prometheus.wait_until(
-            lambda requests=requests, rejected=rejected: (
+            lambda: (
                 prometheus.scalar(f'sum(sagemaker_gateway_requests_total{{job="{JOB}"}})')
-                == requests
+                == family_total(live_gateway.registry, "sagemaker_gateway_requests_total")
                 and prometheus.scalar(
                     f'sum(sagemaker_gateway_rejected_requests_total{{job="{JOB}"}})'
                 )
-                == rejected
+                == family_total(live_gateway.registry, "sagemaker_gateway_rejected_requests_total")
             ),
             "Prometheus has scraped this round's traffic",
         )

@@ -200,9 +200,10 @@ class Response:
     :meth:`write` and :meth:`finish`.
 
     The last bytes (the whole of a sent answer, a stream's end) go out when the handler has
-    returned, or sooner if the handler calls :meth:`flush` itself: the proxy does, so that its
-    metrics and access line follow the answer onto the wire instead of delaying it. Either
-    way they are written in the same step of the event loop, before anything else is served.
+    returned, or when it calls :meth:`flush` itself. The proxy does, before it records the
+    request (metrics, the access line), so that its caller is not kept waiting for them: the
+    caller may then see its answer before the request is counted, but this connection serves
+    nothing else until the handler has returned.
     """
 
     __slots__ = ("_chunked", "_connection", "_head_only", "_last", "_request", "finished",
@@ -218,7 +219,7 @@ class Response:
         self.finished = False
 
     def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        """The whole answer, in one write once the handler returns."""
+        """The whole answer, in one write when the handler returns or flushes."""
         head = self._head(status, headers, len(body))
         self._last = head if self._head_only or status in _NO_BODY else head + body
         self.started = self.finished = True
@@ -248,7 +249,7 @@ class Response:
             await connection.drain()
 
     def finish(self) -> None:
-        """The body is complete (its end is written once the handler returns)."""
+        """The body is complete (its end is written when the handler returns or flushes)."""
         if self._chunked:
             self._last = b"0\r\n\r\n"
         self.finished = True
